@@ -1,0 +1,1 @@
+"""Latency, throughput, memory and accuracy measurement (arrives with the `compress bench` issue)."""

@@ -1,0 +1,1 @@
+"""The compression pipeline: calibration, activation capture, MI scoring, masks, recovery, CLI and Python API."""
