@@ -1,0 +1,236 @@
+"""Channel groups: everything in a model that must shrink together, found by one walk of the graph."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from graph_passes.dims import Blocker, DimGraph
+from graph_passes.errors import UnsupportedGraphError
+from graph_passes.model_io import normalize
+from graph_passes.op_rules import RULES, RuleContext, apply_rule
+from graph_passes.shape_probe import probe_values
+
+FLAT, UNITS, WITHIN = "flat", "units", "within"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One axis of one tensor in a group. `view`: flat (units x width), units (one entry per unit) or within."""
+
+    tensor: str
+    axis: int
+    view: str
+    width: int = 1
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled channels. Masks keep whole units: a head (width = head size) or a neuron (width 1)."""
+
+    id: int
+    kind: str
+    layer: int | None
+    units: int
+    width: int
+    dims: dict[int, tuple[str, int]]
+    params: list[Member] = field(default_factory=list)
+    activations: list[Member] = field(default_factory=list)
+    readers: list[str] = field(default_factory=list)
+    writers: list[str] = field(default_factory=list)
+    interface: list[str] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.layer is None else f"{self.kind}[{self.layer}]"
+
+    @property
+    def size(self) -> int:
+        return self.units * self.width
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blockers and not self.interface
+
+    @staticmethod
+    def kept_indices(mask: np.ndarray, view: str, width: int) -> np.ndarray:
+        """Indices kept along an axis of the given view (and unit width) when `mask` keeps units."""
+        kept = np.flatnonzero(mask)
+        if view == UNITS:
+            return kept
+        return (kept[:, None] * width + np.arange(width)[None, :]).reshape(-1)
+
+
+@dataclass
+class GraphAnalysis:
+    """The normalised model, its groups, and what the slicer needs to rewrite it."""
+
+    model: onnx.ModelProto
+    groups: list[ChannelGroup]
+    dims: DimGraph
+    values: dict[str, np.ndarray]
+    static: set[str]
+    unsupported: list[Blocker]
+
+    def group(self, name: str) -> ChannelGroup:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(f"no group named {name!r}; groups: {', '.join(g.name for g in self.groups)}")
+
+    def by_kind(self, kind: str) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.kind == kind]
+
+
+def static_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors computed from initializers alone (weights, shape constants), in the graph's topological order."""
+    static = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.input and all(not name or name in static for name in node.input):
+            static.update(o for o in node.output if o)
+    return static
+
+
+def analyze(model: onnx.ModelProto) -> GraphAnalysis:
+    """Find every channel group of `model` and what blocks each one."""
+    model = normalize(model)
+    values = probe_values(model)
+    static = static_tensors(model)
+    ctx = RuleContext(DimGraph(), values, static)
+    unsupported = []
+    for index, node in enumerate(model.graph.node):
+        ctx.node_index = index
+        if node.op_type not in RULES:
+            unsupported.append(Blocker(node.name, node.op_type, f"no pruning rule for operator {node.op_type}"))
+        if all(name in values for name in node.output if name):
+            apply_rule(node, ctx)
+    ctx.dims.settle()
+    groups = _collect_groups(model, ctx)
+    return GraphAnalysis(model, groups, ctx.dims, values, static, unsupported)
+
+
+def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGroup]:
+    dims = ctx.dims
+    roles = _roles(dims)
+    float_params = {
+        t.name for t in model.graph.initializer if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
+    }
+    interface = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    members: dict[int, list[Member]] = defaultdict(list)
+    touches: dict[int, set[str]] = defaultdict(set)
+    for (tensor, axis), dim in dims.axes.items():
+        role = roles.get(dims.find(dim))
+        if role is None:
+            continue
+        key, view, width = role
+        if tensor in interface and view != WITHIN:
+            touches[key].add(tensor)
+        members[key].append(Member(tensor, axis, view, width))
+    tags = defaultdict(set)
+    for tensor, axis, tag in ctx.tags:
+        tags[roles[dims.find(dims.axes[(tensor, axis)])][0]].add(tag)
+    groups = []
+    for key, found in members.items():
+        params = [m for m in found if m.tensor in float_params and m.view != WITHIN]
+        activations = [m for m in found if m.tensor not in ctx.static]
+        if not params or not activations or dims.size[key] <= 1:
+            continue
+        group_dims = {d: (view, width) for d, (k, view, width) in roles.items() if k == key}
+        has_units = any(view == UNITS for view, _ in group_dims.values())
+        width = max(w for view, w in group_dims.values() if view == FLAT)
+        blockers = [b for d, (view, _) in group_dims.items() if view != WITHIN for b in dims.blockers_of(d)]
+        kind = "heads" if has_units else ("hidden" if "normalized" in tags[key] else "dense")
+        groups.append(
+            ChannelGroup(
+                id=key, kind=kind, layer=None, units=dims.size[key], width=width, dims=group_dims,
+                params=sorted(set(params), key=_member_order), activations=activations,
+                interface=sorted(touches[key]), blockers=_unique(blockers),
+            )
+        )
+    _link_weights(groups, ctx)
+    _classify(groups, {w.weight: w.node_index for w in ctx.linears})
+    return sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.layer if g.layer is not None else -1))
+
+
+_KIND_ORDER = ["hidden", "heads", "ffn", "dense", "output"]
+
+
+def _roles(dims: DimGraph) -> dict[int, tuple[int, str, int]]:
+    """Map each dimension class to (its group's key, its view in that group, its unit width).
+
+    A blocked group is keyed by its units (the heads axis): every flat axis split as (heads, head_dim) with
+    the same heads belongs to it, whatever its head_dim (queries and keys share one, values another).
+    """
+    roles: dict[int, tuple[int, str, int]] = {}
+    for flat, outer, inner in dims.factors:
+        if dims.size[outer] > 1 and dims.size[inner] > 1 and flat not in roles:
+            roles.setdefault(outer, (outer, UNITS, 1))
+            roles[flat] = (roles[outer][0], FLAT, dims.size[inner])
+            roles.setdefault(inner, (roles[outer][0], WITHIN, dims.size[inner]))
+    for dim in range(len(dims.parent)):
+        root = dims.find(dim)
+        roles.setdefault(root, (root, FLAT, 1))
+    return roles
+
+
+def _member_order(member: Member) -> tuple[str, int]:
+    return member.tensor, member.axis
+
+
+def _unique(blockers: list[Blocker]) -> list[Blocker]:
+    return list(dict.fromkeys(blockers))
+
+
+def _link_weights(groups: list[ChannelGroup], ctx: RuleContext) -> None:
+    """Record, per group, the linear weights that read it (rows) and write it (columns), in graph order."""
+    dims = ctx.dims
+    by_dim = {d: g for g in groups for d, (view, _) in g.dims.items() if view != WITHIN}
+    for linear in sorted(ctx.linears, key=lambda w: w.node_index):
+        read = by_dim.get(dims.find(dims.axes[(linear.weight, linear.in_axis)]))
+        written = by_dim.get(dims.find(dims.axes[(linear.weight, linear.out_axis)]))
+        if read is not None and linear.weight not in read.readers:
+            read.readers.append(linear.weight)
+        if written is not None and linear.weight not in written.writers:
+            written.writers.append(linear.weight)
+
+
+def _classify(groups: list[ChannelGroup], weight_position: dict[str, int]) -> None:
+    """Name dense groups by where they sit (FFN between two hidden projections, model outputs) and number layers."""
+    for group in groups:
+        if group.kind != "dense":
+            continue
+        if group.interface:
+            group.kind = "output"
+        elif _is_between(group, groups):
+            group.kind = "ffn"
+    for kind in ("heads", "ffn"):
+        ranked = sorted(
+            (g for g in groups if g.kind == kind),
+            key=lambda g: min((weight_position[w] for w in g.writers), default=len(weight_position)),
+        )
+        for layer, group in enumerate(ranked):
+            group.layer = layer
+    for kind in ("dense", "output"):
+        ranked = [g for g in groups if g.kind == kind]
+        for index, group in enumerate(ranked):
+            group.layer = index
+
+
+def _is_between(group: ChannelGroup, groups: list[ChannelGroup]) -> bool:
+    """An FFN's neurons are written from the hidden stream and read back into it."""
+    hidden = [g for g in groups if g.kind == "hidden"]
+    return any(
+        set(group.writers) & set(h.readers) and set(group.readers) & set(h.writers) for h in hidden
+    )
+
+
+def require_prunable(analysis: GraphAnalysis) -> None:
+    """Raise when the model has nothing that can be pruned, naming what stops it."""
+    if any(g.prunable for g in analysis.groups):
+        return
+    blocker = next((b for g in analysis.groups for b in g.blockers), None)
+    detail = f" ({blocker.describe()})" if blocker else ""
+    raise UnsupportedGraphError(f"the model has no prunable channel group{detail}")

@@ -1,0 +1,102 @@
+"""Union-find over tensor axes, with factorizations for axes that reshapes split into (units, width)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why a dimension cannot be pruned: the node that stops it and the reason."""
+
+    node: str
+    op_type: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.op_type} node {self.node!r}: {self.reason}"
+
+
+@dataclass
+class DimGraph:
+    """Each tensor axis is a dimension; coupled axes are unioned into one class.
+
+    A factorization records that a flat dimension is laid out as (outer, inner), row-major: how a Reshape
+    splits a projection's output into (heads, head_dim). Classes joined later keep their factorizations
+    consistent when `settle` runs.
+    """
+
+    parent: list[int] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    axes: dict[tuple[str, int], int] = field(default_factory=dict)
+    factors: list[tuple[int, int, int]] = field(default_factory=list)
+    blockers: dict[int, list[Blocker]] = field(default_factory=dict)
+
+    def new(self, size: int) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        return len(self.parent) - 1
+
+    def axis(self, tensor: str, axis: int, size: int) -> int:
+        """The dimension of `tensor`'s `axis`, created on first use."""
+        key = (tensor, axis)
+        if key not in self.axes:
+            self.axes[key] = self.new(size)
+        return self.axes[key]
+
+    def find(self, dim: int) -> int:
+        while self.parent[dim] != dim:
+            self.parent[dim] = self.parent[self.parent[dim]]
+            dim = self.parent[dim]
+        return dim
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:
+            self.block(ra, Blocker("", "", f"coupled to an axis of another size ({self.size[ra]} vs {self.size[rb]})"))
+            self.block(rb, Blocker("", "", f"coupled to an axis of another size ({self.size[rb]} vs {self.size[ra]})"))
+            return
+        self.parent[rb] = ra
+        self.blockers.setdefault(ra, []).extend(self.blockers.pop(rb, []))
+
+    def factor(self, flat: int, outer: int, inner: int) -> None:
+        self.factors.append((flat, outer, inner))
+
+    def block(self, dim: int, blocker: Blocker) -> None:
+        self.blockers.setdefault(self.find(dim), []).append(blocker)
+
+    def blockers_of(self, dim: int) -> list[Blocker]:
+        return self.blockers.get(self.find(dim), [])
+
+    def settle(self) -> None:
+        """Make factorizations consistent: one flat has one (outer, inner), and equal factors mean equal flats."""
+        changed = True
+        while changed:
+            changed = False
+            by_flat: dict[int, tuple[int, int]] = {}
+            by_parts: dict[tuple[int, int], int] = {}
+            for flat, outer, inner in self.factors:
+                f, o, i = self.find(flat), self.find(outer), self.find(inner)
+                if f in by_flat and by_flat[f] != (o, i):
+                    po, pi = by_flat[f]
+                    if self.size[po] == self.size[o]:
+                        self.union(po, o)
+                        self.union(pi, i)
+                        changed = True
+                    else:
+                        self.block(f, Blocker("", "Reshape", "split into blocks of two different sizes"))
+                by_flat.setdefault(f, (o, i))
+                if (o, i) in by_parts and by_parts[(o, i)] != f:
+                    self.union(by_parts[(o, i)], f)
+                    changed = True
+                by_parts.setdefault((o, i), f)
+            self.factors = [(self.find(f), self.find(o), self.find(i)) for f, o, i in self.factors]
+        self.factors = sorted(set(self.factors))
+
+    def factorization(self, dim: int) -> tuple[int, int] | None:
+        root = self.find(dim)
+        for flat, outer, inner in self.factors:
+            if flat == root:
+                return outer, inner
+        return None

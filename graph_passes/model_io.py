@@ -1,0 +1,108 @@
+"""Loading ONNX models with clear errors, and the normal form the passes work on."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from graph_passes.errors import NotOnnxError, UnsupportedGraphError
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file, raising NotOnnxError with the fix when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotOnnxError(f"{path}: no such file; pass the path of an exported .onnx model")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise NotOnnxError(f"{path}: not an ONNX model ({type(exc).__name__}); export it to ONNX first") from exc
+    if not model.graph.node:
+        raise NotOnnxError(f"{path}: not an ONNX model (no graph nodes); export it to ONNX first")
+    return model
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The form the passes work on: constants as initializers, and no initializer shared between two uses.
+
+    Exporters deduplicate equal constants (all-zero biases of different layers become one tensor); a shared
+    tensor would couple unrelated channels, so each use gets its own copy. `share_equal_initializers` undoes
+    this on the output.
+    """
+    return _unshare_initializers(constants_to_initializers(model))
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where every tensor-valued Constant node of the main graph is an initializer."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            tensor = _constant_value(node)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return out
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto:
+    attr = node.attribute[0]
+    if attr.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(attr.t)
+        return tensor
+    value = onnx.helper.get_attribute_value(attr)
+    if attr.name in ("value_float", "value_int"):
+        return numpy_helper.from_array(np.array(value, dtype="float32" if attr.name == "value_float" else "int64"))
+    if attr.name in ("value_floats", "value_ints"):
+        return numpy_helper.from_array(np.array(value, dtype="float32" if attr.name == "value_floats" else "int64"))
+    raise UnsupportedGraphError(f"Constant node {node.name!r} holds a {attr.name}; only tensor constants are supported")
+
+
+
+def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    initializers = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for slot, name in enumerate(node.input):
+            if name not in initializers or np.prod(initializers[name].dims) <= 1:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}__use{len(model.graph.initializer)}"
+                model.graph.initializer.append(copy)
+                node.input[slot] = copy.name
+            seen.add(name)
+    return model
+
+
+def share_equal_initializers(model: onnx.ModelProto) -> None:
+    """Let equal initializers (same type, shape and bytes) be one tensor again, in place."""
+    graph_io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for tensor in model.graph.initializer:
+        if tensor.name in graph_io:
+            continue
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(numpy_helper.to_array(tensor).tobytes()).digest())
+        if key in first:
+            rename[tensor.name] = first[key]
+        else:
+            first[key] = tensor.name
+    for node in model.graph.node:
+        for slot, name in enumerate(node.input):
+            if name in rename:
+                node.input[slot] = rename[name]
+    kept = [t for t in model.graph.initializer if t.name not in rename]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)

@@ -1,0 +1,349 @@
+"""One small rule per operator type: how a node couples the axes of its inputs and outputs.
+
+A rule ties axes that must shrink together, records factorizations (a Reshape that splits an axis into
+(heads, head_dim)), tags axes whose role tells the group's kind (normalised, embedding), records linear
+weights (which axis is read, which is written), and blocks axes it cannot slice through. An operator without
+a rule blocks every axis it touches: safe by default.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from graph_passes.dims import Blocker, DimGraph
+
+
+@dataclass(frozen=True)
+class LinearWeight:
+    """A constant matrix applied to an activation: rows read `in_axis`, columns write `out_axis`."""
+
+    weight: str
+    in_axis: int
+    out_axis: int
+    node_index: int
+
+
+@dataclass
+class RuleContext:
+    """What a rule may read (concrete values, which tensors are constant) and the records it writes."""
+
+    dims: DimGraph
+    values: dict[str, np.ndarray]
+    static: set[str]
+    tags: list[tuple[str, int, str]] = field(default_factory=list)
+    linears: list[LinearWeight] = field(default_factory=list)
+    node_index: int = 0
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.values[name].shape)
+
+    def dim(self, name: str, axis: int) -> int:
+        shape = self.shape(name)
+        axis = axis % len(shape)
+        return self.dims.axis(name, axis, shape[axis])
+
+    def tie(self, a: str, a_axis: int, b: str, b_axis: int) -> None:
+        self.dims.union(self.dim(a, a_axis), self.dim(b, b_axis))
+
+    def block(self, name: str, axis: int, node: onnx.NodeProto, reason: str) -> None:
+        self.dims.block(self.dim(name, axis), Blocker(node.name, node.op_type, reason))
+
+    def tag(self, name: str, axis: int, tag: str) -> None:
+        self.tags.append((name, axis % len(self.shape(name)), tag))
+
+    def value(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+
+Rule = Callable[[onnx.NodeProto, RuleContext], None]
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def _inputs(node: onnx.NodeProto) -> list[str]:
+    return [name for name in node.input if name]
+
+
+def tie_broadcast(ctx: RuleContext, source: str, target: str) -> None:
+    """Tie the axes of `source` that numpy-broadcast onto `target` without stretching (right-aligned)."""
+    src, dst = ctx.shape(source), ctx.shape(target)
+    offset = len(dst) - len(src)
+    for axis, size in enumerate(src):
+        if axis + offset >= 0 and size == dst[axis + offset]:
+            ctx.tie(source, axis, target, axis + offset)
+
+
+def elementwise(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    out = node.output[0]
+    sources = _inputs(node)
+    for name in sources:
+        tie_broadcast(ctx, name, out)
+    activations = [name for name in sources if name not in ctx.static and ctx.shape(name) == ctx.shape(out)]
+    if node.op_type == "Add" and len(activations) == 2 and ctx.shape(out):
+        ctx.tag(out, -1, "residual")
+
+
+def same_shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    for out in (o for o in node.output if o and o in ctx.values):
+        if ctx.shape(out) == ctx.shape(node.input[0]):
+            for axis in range(len(ctx.shape(out))):
+                ctx.tie(node.input[0], axis, out, axis)
+
+
+def along_axis(reason: str) -> Rule:
+    """Element-preserving ops that mix values along one axis (Softmax, CumSum): that axis cannot be sliced."""
+
+    def rule(node: onnx.NodeProto, ctx: RuleContext) -> None:
+        same_shape(node, ctx)
+        default = -1 if node.op_type in ("Softmax", "LogSoftmax") else 0
+        axis = _attr(node, "axis", default)
+        if node.op_type == "CumSum":
+            axis = int(ctx.value(node.input[1]))
+        ctx.block(node.input[0], axis, node, reason)
+
+    return rule
+
+
+def matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    a, b = node.input[0], node.input[1]
+    y = node.output[0]
+    ra, rb = len(ctx.shape(a)), len(ctx.shape(b))
+    if ra < 2 or rb < 2:
+        no_rule(node, ctx, "matrix-vector products are not supported")
+        return
+    for name, rank in ((a, ra), (b, rb)):
+        batch = ctx.shape(name)[:-2]
+        for axis, size in enumerate(batch):
+            target = axis + (len(ctx.shape(y)) - 2 - len(batch))
+            if size == ctx.shape(y)[target]:
+                ctx.tie(name, axis, y, target)
+    ctx.tie(a, -2, y, -2)
+    ctx.tie(b, -1, y, -1)
+    ctx.tie(a, -1, b, -2)
+    if b in ctx.static and rb == 2:
+        ctx.linears.append(LinearWeight(b, 0, 1, ctx.node_index))
+
+
+def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    a, b = node.input[0], node.input[1]
+    y = node.output[0]
+    a_rows, a_cols = (1, 0) if _attr(node, "transA", 0) else (0, 1)
+    b_rows, b_cols = (1, 0) if _attr(node, "transB", 0) else (0, 1)
+    ctx.tie(a, a_rows, y, 0)
+    ctx.tie(a, a_cols, b, b_rows)
+    ctx.tie(b, b_cols, y, 1)
+    if len(node.input) > 2 and node.input[2]:
+        tie_broadcast(ctx, node.input[2], y)
+    if b in ctx.static:
+        ctx.linears.append(LinearWeight(b, b_rows, b_cols, ctx.node_index))
+
+
+def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    data, indices, out = node.input[0], node.input[1], node.output[0]
+    rank = len(ctx.shape(data))
+    axis = _attr(node, "axis", 0) % rank
+    extra = len(ctx.shape(indices))
+    for k in range(axis):
+        ctx.tie(data, k, out, k)
+    for k in range(extra):
+        ctx.tie(indices, k, out, axis + k)
+    for k in range(axis + 1, rank):
+        ctx.tie(data, k, out, k - 1 + extra)
+        if data in ctx.static:
+            ctx.tag(out, k - 1 + extra, "embedding")
+    ctx.block(data, axis, node, "selects entries along this axis")
+
+
+def slice_like(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Slice and Pad: axes that keep their length are tied; an axis that changes length cannot be pruned."""
+    data, out = node.input[0], node.output[0]
+    for axis, (before, after) in enumerate(zip(ctx.shape(data), ctx.shape(out))):
+        if before == after:
+            ctx.tie(data, axis, out, axis)
+        else:
+            ctx.block(data, axis, node, "cuts or pads this axis to a fixed range")
+
+
+def _reshape_blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of source axes with runs of target axes that hold the same elements (size-1 axes dropped)."""
+    blocks = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if i < len(src) and src[i] == 1:
+            i += 1
+            continue
+        if j < len(dst) and dst[j] == 1:
+            j += 1
+            continue
+        if i >= len(src) or j >= len(dst):
+            return []
+        run_src, run_dst = [i], [j]
+        left, right = src[i], dst[j]
+        i, j = i + 1, j + 1
+        while left != right:
+            if left < right and i < len(src):
+                left *= src[i]
+                run_src.append(i)
+                i += 1
+            elif right < left and j < len(dst):
+                right *= dst[j]
+                run_dst.append(j)
+                j += 1
+            else:
+                return []
+        blocks.append((run_src, run_dst))
+    return blocks
+
+
+def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Reshape, Flatten, Squeeze, Unsqueeze: axes kept whole are tied; split or merged axes are factorizations."""
+    data, out = node.input[0], node.output[0]
+    blocks = _reshape_blocks(ctx.shape(data), ctx.shape(out))
+    if not blocks and ctx.shape(data) and np.prod(ctx.shape(data)) > 1:
+        no_rule(node, ctx, "reshape whose axes cannot be matched")
+        return
+    for run_src, run_dst in blocks:
+        if len(run_src) == 1 and len(run_dst) == 1:
+            ctx.tie(data, run_src[0], out, run_dst[0])
+        elif len(run_src) == 1:
+            _factor_run(ctx, ctx.dim(data, run_src[0]), [ctx.dim(out, a) for a in run_dst])
+        elif len(run_dst) == 1:
+            _factor_run(ctx, ctx.dim(out, run_dst[0]), [ctx.dim(data, a) for a in run_src])
+        else:
+            for axis in run_src:
+                ctx.block(data, axis, node, "reshape that regroups several axes at once")
+            for axis in run_dst:
+                ctx.block(out, axis, node, "reshape that regroups several axes at once")
+
+
+def _factor_run(ctx: RuleContext, flat: int, parts: list[int]) -> None:
+    """flat = parts[0] x parts[1] x ... (row-major), recorded as nested (outer, inner) pairs."""
+    while len(parts) > 2:
+        inner = ctx.dims.new(int(np.prod([ctx.dims.size[p] for p in parts[1:]])))
+        ctx.dims.factor(flat, parts[0], inner)
+        flat, parts = inner, parts[1:]
+    ctx.dims.factor(flat, parts[0], parts[1])
+
+
+def transpose(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    data, out = node.input[0], node.output[0]
+    rank = len(ctx.shape(data))
+    perm = _attr(node, "perm", list(reversed(range(rank))))
+    for axis, source in enumerate(perm):
+        ctx.tie(data, source, out, axis)
+
+
+def concat_like(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Concat and Split: every axis but the joined one is tied; the joined axis cannot be pruned."""
+    sources = _inputs(node)[:1] if node.op_type == "Split" else _inputs(node)
+    targets = [o for o in node.output if o] if node.op_type == "Split" else node.output[:1]
+    rank = len(ctx.shape(targets[0]))
+    axis = _attr(node, "axis", 0) % rank
+    for src in sources:
+        for dst in targets:
+            for k in range(rank):
+                if k != axis:
+                    ctx.tie(src, k, dst, k)
+    for name in sources + targets:
+        ctx.block(name, axis, node, "joins or splits tensors along this axis")
+
+
+def reduce(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    data, out = node.input[0], node.output[0]
+    rank = len(ctx.shape(data))
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = ctx.value(node.input[1]).tolist()
+    axes = sorted(a % rank for a in (axes if axes else range(rank)))
+    keep = _attr(node, "keepdims", 1)
+    position = 0
+    for axis in range(rank):
+        if axis in axes:
+            ctx.tag(data, axis, "normalized")
+            position += 1 if keep else 0
+            continue
+        ctx.tie(data, axis, out, position)
+        position += 1
+
+
+def layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    data, out = node.input[0], node.output[0]
+    rank = len(ctx.shape(data))
+    axis = _attr(node, "axis", -1) % rank
+    for k in range(rank):
+        ctx.tie(data, k, out, k)
+    for k in range(axis, rank):
+        ctx.tag(data, k, "normalized")
+    for param in _inputs(node)[1:3]:
+        tie_broadcast(ctx, param, data)
+    for extra in (o for o in node.output[1:] if o and o in ctx.values):
+        for k in range(axis):
+            ctx.tie(data, k, extra, k)
+
+
+def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    data, out = node.input[0], node.output[0]
+    src, dst = ctx.shape(data), ctx.shape(out)
+    offset = len(dst) - len(src)
+    for axis in range(len(dst)):
+        k = axis - offset
+        if k >= 0 and src[k] == dst[axis]:
+            ctx.tie(data, k, out, axis)
+        else:
+            ctx.block(out, axis, node, "its shape input spells this axis's size")
+
+
+def sizes_only(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Shape, Size, ConstantOfShape, Range: outputs depend on sizes, never on channel values."""
+
+
+def no_rule(node: onnx.NodeProto, ctx: RuleContext, reason: str | None = None) -> None:
+    reason = reason or f"no pruning rule for operator {node.op_type}"
+    for name in _inputs(node) + [o for o in node.output if o]:
+        if name in ctx.values:
+            for axis in range(len(ctx.shape(name))):
+                ctx.block(name, axis, node, reason)
+
+
+UNARY = (
+    "Abs Acos Asin Atan Cast CastLike Ceil Clip Cos Dropout Elu Erf Exp Floor Gelu HardSigmoid HardSwish Identity "
+    "IsInf IsNaN LeakyRelu Log Mish Neg Not Reciprocal Relu Round Selu Sigmoid Sign Sin Softplus Softsign Sqrt Tan "
+    "Tanh ThresholdedRelu FastGelu QuickGelu"
+).split()
+BROADCAST = "Add And BitShift Div Equal Greater GreaterOrEqual Less LessOrEqual Max Min Mod Mul Or Pow Sub Sum Where Xor"
+REDUCE = "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare"
+
+RULES: dict[str, Rule] = {
+    **{op: same_shape for op in UNARY},
+    **{op: elementwise for op in BROADCAST.split()},
+    **{op: reduce for op in REDUCE.split()},
+    **{op: reshape for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")},
+    **{op: sizes_only for op in ("Shape", "Size", "ConstantOfShape", "Range", "NonZero")},
+    **{op: slice_like for op in ("Slice", "Pad")},
+    **{op: concat_like for op in ("Concat", "Split")},
+    **{op: layer_norm for op in ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization")},
+    "Softmax": along_axis("normalises over this axis"),
+    "LogSoftmax": along_axis("normalises over this axis"),
+    "CumSum": along_axis("accumulates along this axis"),
+    "MatMul": matmul,
+    "Gemm": gemm,
+    "Gather": gather,
+    "Transpose": transpose,
+    "Expand": expand,
+}
+
+
+def apply_rule(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    rule = RULES.get(node.op_type)
+    if rule is None or any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+        no_rule(node, ctx)
+    else:
+        rule(node, ctx)

@@ -1,0 +1,169 @@
+"""Apply unit masks to channel groups: slice every member, rewrite the constants that spell sizes."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from graph_passes.channel_groups import WITHIN, ChannelGroup, GraphAnalysis
+from graph_passes.errors import MaskError, UnsupportedGraphError
+from graph_passes.model_io import share_equal_initializers
+
+
+def apply_masks(
+    analysis: GraphAnalysis, masks: Mapping[str, np.ndarray], allow_interface_change: bool = False
+) -> onnx.ModelProto:
+    """Return a smaller dense model in which each named group keeps only the units its mask keeps.
+
+    `masks` maps a group name (`heads[0]`, `ffn[3]`, `hidden`) to a boolean array with one entry per unit.
+    Groups that reach a graph input or output change the model's interface and need `allow_interface_change`.
+    """
+    plan = _index_plan(analysis, masks, allow_interface_change)
+    model = onnx.ModelProto()
+    model.CopyFrom(analysis.model)
+    if plan:
+        _slice_initializers(model, analysis, plan)
+        _rewrite_reshapes(model, analysis, plan)
+        _resize_interface(model, analysis, plan)
+    del model.graph.value_info[:]
+    _drop_unused_initializers(model)
+    share_equal_initializers(model)
+    return model
+
+
+def _index_plan(
+    analysis: GraphAnalysis, masks: Mapping[str, np.ndarray], allow_interface_change: bool
+) -> dict[int, np.ndarray]:
+    """Kept indices per dimension class, for every group whose mask drops something."""
+    plan: dict[int, np.ndarray] = {}
+    for name, raw in masks.items():
+        group = _find_group(analysis, name)
+        mask = _check_mask(group, raw)
+        if mask.all():
+            continue
+        if group.blockers:
+            raise UnsupportedGraphError(f"cannot prune {group.name}: {group.blockers[0].describe()}")
+        if group.interface and not allow_interface_change:
+            raise UnsupportedGraphError(
+                f"cannot prune {group.name}: it reaches model input/output {group.interface[0]!r} and would change "
+                "the model's interface; keep it whole"
+            )
+        for dim, (view, width) in group.dims.items():
+            if view != WITHIN:
+                plan[dim] = ChannelGroup.kept_indices(mask, view, width)
+    return plan
+
+
+def _find_group(analysis: GraphAnalysis, name: str) -> ChannelGroup:
+    try:
+        return analysis.group(name)
+    except KeyError as exc:
+        raise MaskError(exc.args[0]) from exc
+
+
+def _check_mask(group: ChannelGroup, raw: np.ndarray) -> np.ndarray:
+    mask = np.asarray(raw)
+    if mask.ndim != 1 or mask.shape[0] != group.units:
+        raise MaskError(f"mask for {group.name} has shape {mask.shape}; the group has {group.units} units")
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise MaskError(f"mask for {group.name} must be boolean (or 0/1)")
+        mask = mask.astype(bool)
+    if not mask.any():
+        raise MaskError(f"mask for {group.name} keeps no unit; keep at least one")
+    return mask
+
+
+def _axis_plan(analysis: GraphAnalysis, plan: dict[int, np.ndarray], tensor: str, rank: int) -> dict[int, np.ndarray]:
+    dims = analysis.dims
+    found = {}
+    for axis in range(rank):
+        dim = dims.axes.get((tensor, axis))
+        if dim is not None and dims.find(dim) in plan:
+            found[axis] = plan[dims.find(dim)]
+    return found
+
+
+def _slice_initializers(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    for index, tensor in enumerate(model.graph.initializer):
+        cuts = _axis_plan(analysis, plan, tensor.name, len(tensor.dims))
+        if not cuts:
+            continue
+        array = numpy_helper.to_array(tensor)
+        for axis, kept in cuts.items():
+            array = np.take(array, kept, axis=axis)
+        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
+
+
+def _rewrite_reshapes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """Give each Reshape whose target spells a pruned size its own target with the new size.
+
+    A static target becomes a new initializer; a target computed at run time is patched with a Where node, so
+    shape constants shared between layers with different head counts never interfere. Entries of -1 (inferred)
+    and 0 (copied from the input) already follow the new sizes and are left alone.
+    """
+    created: dict[tuple[str, bytes], str] = {}
+    new_nodes = []
+    for node in model.graph.node:
+        if node.op_type == "Reshape":
+            changes = _target_changes(analysis, plan, node)
+            if changes:
+                node.input[1] = _patched_target(model, analysis, node, changes, created, new_nodes)
+        new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+
+
+def _target_changes(analysis: GraphAnalysis, plan: dict[int, np.ndarray], node: onnx.NodeProto) -> dict[int, int]:
+    out = node.output[0]
+    target = analysis.values[node.input[1]]
+    cuts = _axis_plan(analysis, plan, out, len(analysis.values[out].shape))
+    return {axis: len(kept) for axis, kept in cuts.items() if target[axis] not in (-1, 0)}
+
+
+def _patched_target(
+    model: onnx.ModelProto,
+    analysis: GraphAnalysis,
+    node: onnx.NodeProto,
+    changes: dict[int, int],
+    created: dict[tuple[str, bytes], str],
+    new_nodes: list[onnx.NodeProto],
+) -> str:
+    source = node.input[1]
+    values = analysis.values[source].copy()
+    for axis, size in changes.items():
+        values[axis] = size
+    key = (source, values.tobytes())
+    if key in created:
+        return created[key]
+    name = f"{source}__pruned{len(created)}"
+    if source in analysis.static:
+        model.graph.initializer.append(numpy_helper.from_array(values, name))
+    else:
+        select = np.zeros(values.shape, dtype=bool)
+        select[list(changes)] = True
+        model.graph.initializer.append(numpy_helper.from_array(select, f"{name}_select"))
+        model.graph.initializer.append(numpy_helper.from_array(values, f"{name}_sizes"))
+        new_nodes.append(
+            onnx.helper.make_node("Where", [f"{name}_select", f"{name}_sizes", source], [name], name=f"{name}_Where")
+        )
+    created[key] = name
+    return name
+
+
+def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for axis, kept in _axis_plan(analysis, plan, value.name, len(dims)).items():
+            if dims[axis].HasField("dim_value"):
+                dims[axis].dim_value = len(kept)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used.update(v.name for v in list(model.graph.output) + list(model.graph.input))
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
