@@ -1,0 +1,3 @@
+from compressor.cli import app
+
+app(prog_name="compress")
