@@ -34,7 +34,7 @@ def export_cache(tmp_path_factory):
             spec = tiny_models.Spec(arch, head)
             model = tiny_models.build(spec)
             folder = root / "-".join(key)
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)
             built[key] = (model, tiny_models.EXPORTS[style](model, spec, folder))
         return built[key]
 
