@@ -10,7 +10,7 @@ import onnx
 from graph_passes.dims import Blocker, DimGraph
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.model_io import normalize
-from graph_passes.op_rules import RULES, RuleContext, apply_rule
+from graph_passes.op_rules import RULES, LinearWeight, RuleContext, apply_rule
 from graph_passes.shape_probe import probe_values
 
 FLAT, UNITS, WITHIN = "flat", "units", "within"
@@ -74,6 +74,7 @@ class GraphAnalysis:
     values: dict[str, np.ndarray]
     static: set[str]
     unsupported: list[Blocker]
+    linears: list[LinearWeight]
 
     def group(self, name: str) -> ChannelGroup:
         for group in self.groups:
@@ -83,6 +84,14 @@ class GraphAnalysis:
 
     def by_kind(self, kind: str) -> list[ChannelGroup]:
         return [g for g in self.groups if g.kind == kind]
+
+    def linear(self, weight: str) -> LinearWeight:
+        return next(w for w in self.linears if w.weight == weight)
+
+    def group_of_axis(self, tensor: str, axis: int) -> ChannelGroup | None:
+        """The group an axis belongs to (None when it belongs to none, or only as the inside of a unit)."""
+        root = self.dims.find(self.dims.axes[(tensor, axis)])
+        return next((g for g in self.groups if g.dims.get(root, ("within",))[0] != "within"), None)
 
 
 def static_tensors(model: onnx.ModelProto) -> set[str]:
@@ -109,7 +118,7 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
             apply_rule(node, ctx)
     ctx.dims.settle()
     groups = _collect_groups(model, ctx)
-    return GraphAnalysis(model, groups, ctx.dims, values, static, unsupported)
+    return GraphAnalysis(model, groups, ctx.dims, values, static, unsupported, ctx.linears)
 
 
 def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGroup]:

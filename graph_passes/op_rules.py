@@ -18,12 +18,13 @@ from graph_passes.dims import Blocker, DimGraph
 
 @dataclass(frozen=True)
 class LinearWeight:
-    """A constant matrix applied to an activation: rows read `in_axis`, columns write `out_axis`."""
+    """A constant matrix applied to `activation`: rows read `in_axis`, columns write `out_axis`."""
 
     weight: str
     in_axis: int
     out_axis: int
     node_index: int
+    activation: str
 
 
 @dataclass
@@ -129,7 +130,7 @@ def matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.tie(b, -1, y, -1)
     ctx.tie(a, -1, b, -2)
     if b in ctx.static and rb == 2:
-        ctx.linears.append(LinearWeight(b, 0, 1, ctx.node_index))
+        ctx.linears.append(LinearWeight(b, 0, 1, ctx.node_index, a))
 
 
 def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -142,8 +143,8 @@ def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.tie(b, b_cols, y, 1)
     if len(node.input) > 2 and node.input[2]:
         tie_broadcast(ctx, node.input[2], y)
-    if b in ctx.static:
-        ctx.linears.append(LinearWeight(b, b_rows, b_cols, ctx.node_index))
+    if b in ctx.static and not _attr(node, "transA", 0):
+        ctx.linears.append(LinearWeight(b, b_rows, b_cols, ctx.node_index, a))
 
 
 def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:

@@ -1,0 +1,110 @@
+"""The --keep budget: a fraction of the encoder's prunable weight parameters, turned into kept units per group.
+
+The encoder's prunable weights are the matrices that read or write a layer's heads or FFN neurons (Q, K, V, output
+projection, FFN up and down). A matrix keeps (kept rows) x (kept columns), so pruning the hidden stream shrinks all
+of them at once. Allocation is uniform: every pruned group keeps the same fraction of its units, rounded to whole
+units, then single units are handed out round-robin until the total is as close to the budget as units allow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compressor.errors import BudgetError
+from graph_passes import GraphAnalysis
+
+GRANULARITIES = ("heads", "ffn", "hidden")
+TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """An encoder weight matrix: its shape and the groups (or None) its two axes belong to."""
+
+    weight: str
+    rows: int
+    cols: int
+    row_group: str | None
+    col_group: str | None
+
+
+def encoder_matrices(analysis: GraphAnalysis) -> list[Matrix]:
+    weights = dict.fromkeys(
+        w for kind in ("heads", "ffn") for g in analysis.by_kind(kind) for w in g.writers + g.readers
+    )
+    matrices = []
+    for weight in weights:
+        linear = analysis.linear(weight)
+        shape = analysis.values[weight].shape
+        row, col = (analysis.group_of_axis(weight, a) for a in (linear.in_axis, linear.out_axis))
+        matrices.append(
+            Matrix(weight, shape[linear.in_axis], shape[linear.out_axis], row and row.name, col and col.name)
+        )
+    return matrices
+
+
+def parameter_count(analysis: GraphAnalysis, matrices: list[Matrix], kept: dict[str, int]) -> int:
+    """Weights left in the encoder matrices when each named group keeps `kept[name]` units."""
+    def size(full: int, group: str | None) -> float:
+        if group is None or group not in kept:
+            return full
+        return full * kept[group] / analysis.group(group).units
+
+    return int(sum(size(m.rows, m.row_group) * size(m.cols, m.col_group) for m in matrices))
+
+
+def allocate(analysis: GraphAnalysis, keep: float, granularity: tuple[str, ...]) -> dict[str, int]:
+    """Kept units per group so that the encoder keeps `keep` of its prunable weights (within 1%)."""
+    if not 0 < keep <= 1:
+        raise BudgetError(f"--keep must be in (0, 1]; got {keep}")
+    unknown = [g for g in granularity if g not in GRANULARITIES]
+    if unknown:
+        raise BudgetError(f"unknown granularity {unknown[0]!r}; choose from {', '.join(GRANULARITIES)}")
+    groups = [g for kind in granularity for g in analysis.by_kind(kind) if g.prunable]
+    matrices = encoder_matrices(analysis)
+    full = parameter_count(analysis, matrices, {})
+    target = keep * full
+    kept = _uniform(analysis, matrices, groups, target)
+    kept = _fill(analysis, matrices, groups, kept, target)
+    achieved = parameter_count(analysis, matrices, kept) / full
+    if abs(achieved - keep) > TOLERANCE:
+        lowest = parameter_count(analysis, matrices, {g.name: 1 for g in groups}) / full
+        raise BudgetError(
+            f"--keep {keep} cannot be reached by pruning {'+'.join(granularity)} (it reaches {achieved:.3f}; "
+            f"the least it can keep is {lowest:.3f}); add granularities, e.g. --granularity heads,ffn"
+        )
+    return kept
+
+
+def _counts(groups, fraction: float) -> dict[str, int]:
+    return {g.name: max(1, int(np.floor(fraction * g.units + 1e-9))) for g in groups}
+
+
+def _uniform(analysis, matrices, groups, target: float) -> dict[str, int]:
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if parameter_count(analysis, matrices, _counts(groups, middle)) <= target:
+            low = middle
+        else:
+            high = middle
+    return _counts(groups, low)
+
+
+def _fill(analysis, matrices, groups, kept: dict[str, int], target: float) -> dict[str, int]:
+    """Add single units, the least-kept group first, while that brings the total closer to the target."""
+    kept = dict(kept)
+    while True:
+        current = parameter_count(analysis, matrices, kept)
+        candidates = sorted(
+            (g for g in groups if kept[g.name] < g.units), key=lambda g: (kept[g.name] / g.units, g.name)
+        )
+        for group in candidates:
+            trial = {**kept, group.name: kept[group.name] + 1}
+            after = parameter_count(analysis, matrices, trial)
+            if abs(after - target) < abs(current - target):
+                kept = trial
+                break
+        else:
+            return kept

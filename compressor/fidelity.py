@@ -1,0 +1,48 @@
+"""How closely a compressed model follows the original on the same inputs: prediction agreement and output cosine."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from compressor.calibration import Calibration
+from compressor.capture import token_mask
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def compare(
+    original: ort.InferenceSession,
+    compressed: ort.InferenceSession,
+    calibration: Calibration,
+    indices: Sequence[int],
+    batch_size: int = 32,
+) -> dict:
+    """Mean cosine between the two models' first outputs (per sentence, or per unpadded token), and for classifiers
+    the fraction of samples on which the predicted class agrees."""
+    cosines, agree = [], []
+    for feeds in calibration.batches(indices, batch_size):
+        a, b = original.run(None, feeds)[0], compressed.run(None, feeds)[0]
+        if a.ndim == 3:
+            mask = token_mask(feeds)
+            a, b = a[mask], b[mask]
+        elif a.shape[-1] > 1:
+            agree.append(a.argmax(axis=-1) == b.argmax(axis=-1))
+        cosines.append(_cosine(a.reshape(len(a), -1), b.reshape(len(b), -1)))
+    return {
+        "samples": len(indices),
+        "prediction_agreement": float(np.concatenate(agree).mean()) if agree else None,
+        "mean_cosine": float(np.concatenate(cosines).mean()),
+    }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)

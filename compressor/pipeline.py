@@ -1,0 +1,170 @@
+"""`compress`: calibration -> capture -> scoring -> masks -> smaller dense model -> validation and fidelity.
+
+The Python API of the product; the CLI is a thin layer over it.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from compressor import budget, calibration as calib, fidelity, scoring
+from compressor.capture import capture
+from compressor.errors import CompressorError
+from compressor.progress import Reporter
+from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
+
+DEFAULT_GRANULARITY = ("heads", "ffn")
+HOLDOUT_MAX = 128
+
+
+@dataclass
+class CompressionResult:
+    model: onnx.ModelProto
+    report: dict
+    masks: dict[str, np.ndarray] = field(repr=False)
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, start: float) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - start, 3)
+        return now
+
+
+def compress(
+    model: str | Path | onnx.ModelProto,
+    calibration: str | Path | Sequence[str] | Mapping[str, np.ndarray] | None = None,
+    keep: float = 0.4,
+    method: str = "mi",
+    granularity: Sequence[str] = DEFAULT_GRANULARITY,
+    samples: int = 512,
+    max_length: int = 128,
+    tokenizer: str | Path | None = None,
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    quiet: bool = True,
+) -> CompressionResult:
+    """Prune `model` to keep `keep` of its encoder's prunable weights; return the model and its report.
+
+    `calibration` is a file (.tsv/.csv/.jsonl/.npz), a list of texts, a dict of input arrays, or None for a synthetic
+    fallback (with a warning). The tokenizer defaults to the model's folder.
+    """
+    reporter = Reporter(quiet)
+    timer = Timer()
+    start = time.perf_counter()
+    if method not in scoring.METHODS:
+        raise CompressorError(f"unknown --method {method!r}; choose from {', '.join(scoring.METHODS)}")
+    if not 0 < keep <= 1:
+        raise budget.BudgetError(f"--keep must be in (0, 1]; got {keep}")
+    source = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    folder = None if isinstance(model, onnx.ModelProto) else Path(model).parent
+    start = timer.stage("load", start)
+    analysis = analyze(source)
+    require_prunable(analysis)
+    counts = budget.allocate(analysis, keep, tuple(granularity))
+    start = timer.stage("analyze", start)
+    data = _calibration(calibration, source, Path(tokenizer) if tokenizer else folder, text_columns, label_column,
+                        samples, max_length, reporter)
+    scored, held_out = split(len(data), seed)
+    start = timer.stage("calibration", start)
+    stats = None
+    if method in ("mi", "wanda"):
+        with reporter.stage("capturing activations", len(scored)) as advance:
+            stats = capture(analysis, data, scored, batch_size, advance)
+    start = timer.stage("capture", start)
+    masks = scoring.choose_masks(method, analysis, counts, stats, seed)
+    start = timer.stage("scoring", start)
+    pruned = apply_masks(analysis, masks)
+    start = timer.stage("prune", start)
+    compressed_session = validate(pruned, data, batch_size)
+    start = timer.stage("validate", start)
+    fidelity_report = fidelity.compare(fidelity.session(source), compressed_session, data, held_out, batch_size)
+    timer.stage("fidelity", start)
+    report = build_report(analysis, pruned, masks, keep, method, granularity, data, scored, held_out, stats,
+                          fidelity_report, timer)
+    return CompressionResult(pruned, report, masks)
+
+
+def _calibration(value, model, tokenizer_path, text_columns, label_column, samples, max_length, reporter):
+    if value is None:
+        reporter.line(
+            "warning: no calibration data (--calib); scoring on random word sequences from the tokenizer. "
+            "Pass sentences like the ones the model will see for a meaningful choice."
+        )
+        return calib.synthetic(model, tokenizer_path, samples, max_length)
+    if isinstance(value, (str, Path)):
+        return calib.load_calibration(Path(value), model, tokenizer_path, list(text_columns or []) or None,
+                                      label_column, samples, max_length)
+    if isinstance(value, Mapping):
+        return calib.from_arrays(dict(value), model, samples)
+    return calib.from_texts(list(value)[:samples], model, tokenizer_path, max_length)
+
+
+def split(count: int, seed: int) -> tuple[list[int], list[int]]:
+    """Samples for scoring and samples held out for fidelity (all of them for both when there are too few)."""
+    order = np.random.default_rng(seed).permutation(count).tolist()
+    if count < 40:
+        return order, order
+    held = max(16, min(HOLDOUT_MAX, count // 5))
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def validate(model: onnx.ModelProto, data: calib.Calibration, batch_size: int):
+    """onnx.checker, an ORT session, and one run on calibration inputs with finite outputs."""
+    try:
+        onnx.checker.check_model(model)
+        session = fidelity.session(model)
+        feeds = next(data.batches(list(range(min(len(data), batch_size))), batch_size))
+        outputs = session.run(None, feeds)
+    except Exception as exc:  # any failure here is ours, not the user's: report it in one line
+        raise CompressorError(f"the compressed model failed validation: {str(exc).splitlines()[0]}") from exc
+    if not all(np.isfinite(o).all() for o in outputs):
+        raise CompressorError("the compressed model produced non-finite outputs on calibration inputs")
+    return session
+
+
+def build_report(
+    analysis: GraphAnalysis, pruned: onnx.ModelProto, masks, keep, method, granularity, data, scored, held_out,
+    stats, fidelity_report, timer: Timer,
+) -> dict:
+    matrices = budget.encoder_matrices(analysis)
+    kept_units = {name: int(mask.sum()) for name, mask in masks.items()}
+    before = budget.parameter_count(analysis, matrices, {})
+    after = budget.parameter_count(analysis, matrices, kept_units)
+    return {
+        "keep_requested": keep,
+        "keep_achieved": round(after / before, 4),
+        "method": method,
+        "granularity": list(granularity),
+        "top_signal": stats.top_kind if stats else None,
+        "calibration": {"source": data.source, "samples": len(data), "scored": len(scored), "held_out": len(held_out),
+                        "held_out_disjoint": len(held_out) < len(data)},
+        "groups": [_group_entry(g, masks.get(g.name)) for g in analysis.groups if g.kind in budget.GRANULARITIES],
+        "encoder_weights": {"before": before, "after": after},
+        "parameters": {"before": _parameters(analysis.model), "after": _parameters(pruned)},
+        "flops_per_token": {"before": 2 * before, "after": 2 * after},
+        "file_bytes": {"before": analysis.model.ByteSize(), "after": pruned.ByteSize()},
+        "fidelity": fidelity_report,
+        "seconds": timer.seconds,
+    }
+
+
+def _group_entry(group, mask: np.ndarray | None) -> dict:
+    kept = np.arange(group.units) if mask is None else np.flatnonzero(mask)
+    return {"name": group.name, "kind": group.kind, "layer": group.layer, "units_before": group.units,
+            "units_after": int(len(kept)), "kept": kept.tolist()}
+
+
+def _parameters(model: onnx.ModelProto) -> int:
+    return int(sum(np.prod(t.dims) for t in model.graph.initializer
+                   if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"))

@@ -1,0 +1,40 @@
+"""Progress for long stages: rich bars on a terminal, plain lines in logs, nothing with --quiet."""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class Reporter:
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.terminal = sys.stderr.isatty()
+
+    def line(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    @contextmanager
+    def stage(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """Yield a function that advances the stage by n items."""
+        if self.quiet:
+            yield lambda n: None
+            return
+        if self.terminal:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, transient=True) as bar:
+                task = bar.add_task(description, total=total)
+                yield lambda n: bar.advance(task, n)
+            return
+        start = time.perf_counter()
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+
+        yield advance
+        self.line(f"{description}: {done[0]}/{total} in {time.perf_counter() - start:.1f} s")
