@@ -3,7 +3,7 @@
 The encoder's prunable weights are the matrices that read or write a layer's heads or FFN neurons (Q, K, V, output
 projection, FFN up and down). A matrix keeps (kept rows) x (kept columns), so pruning the hidden stream shrinks all
 of them at once. Allocation is uniform: every pruned group keeps the same fraction of its units, rounded to whole
-units, then single units are handed out round-robin until the total is as close to the budget as units allow.
+units, then single units are added or removed until the total is as close to the budget as units allow.
 """
 from __future__ import annotations
 
@@ -93,18 +93,20 @@ def _uniform(analysis, matrices, groups, target: float) -> dict[str, int]:
 
 
 def _fill(analysis, matrices, groups, kept: dict[str, int], target: float) -> dict[str, int]:
-    """Add single units, the least-kept group first, while that brings the total closer to the target."""
+    """Move single units (+1 or -1) while that brings the total closer to the target; among equal moves, grow the
+    least-kept group or shrink the most-kept one, so groups of one kind stay even."""
     kept = dict(kept)
+    distance = abs(parameter_count(analysis, matrices, kept) - target)
     while True:
-        current = parameter_count(analysis, matrices, kept)
-        candidates = sorted(
-            (g for g in groups if kept[g.name] < g.units), key=lambda g: (kept[g.name] / g.units, g.name)
-        )
-        for group in candidates:
-            trial = {**kept, group.name: kept[group.name] + 1}
-            after = parameter_count(analysis, matrices, trial)
-            if abs(after - target) < abs(current - target):
-                kept = trial
-                break
-        else:
+        moves = []
+        for group in groups:
+            for step in (1, -1):
+                count = kept[group.name] + step
+                if 1 <= count <= group.units:
+                    trial = {**kept, group.name: count}
+                    evenness = count / group.units if step > 0 else 1 - count / group.units
+                    moves.append((abs(parameter_count(analysis, matrices, trial) - target), evenness, group.name, trial))
+        best = min(moves, key=lambda move: move[:3]) if moves else None
+        if best is None or best[0] >= distance:
             return kept
+        distance, kept = best[0], best[3]

@@ -217,7 +217,9 @@ def synthetic(model: onnx.ModelProto, tokenizer_path: Path | None, samples: int,
     """Random word sequences from the tokenizer's vocabulary: a fallback that keeps `compress` usable, not a substitute."""
     inputs = model_inputs(model)
     tokenizer = load_tokenizer(tokenizer_path, inputs)
-    words = [w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 2]
+    plain = [w for w in tokenizer.get_vocab() if w.isalnum() and w not in tokenizer.all_special_tokens]
+    words = [w for w in plain if w.isalpha() and len(w) > 2]
+    words = words if len(words) >= 100 else plain
     rng = np.random.default_rng(seed)
     texts = [
         (" ".join(rng.choice(words, size=int(rng.integers(4, max(5, max_length // 2))))),) for _ in range(samples)

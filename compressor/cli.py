@@ -1,4 +1,7 @@
-"""The `compress` command line. Every error a user can cause ends in one line on stderr and exit code 2."""
+"""The `compress` command line. Every error a user can cause ends in one line on stderr and exit code 2.
+
+`compress MODEL --keep 0.4` runs the default command (`run`); `compress inspect` and `compress eval` are the others.
+"""
 from __future__ import annotations
 
 import json
@@ -9,18 +12,30 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
+from compressor.budget import GRANULARITIES
 from compressor.default_model import DefaultModelError, default_model_path
+from compressor.evaluation import evaluate_file
+from compressor.output import plan_outputs, write_model, write_report
+from compressor.pipeline import DEFAULT_GRANULARITY, compress
+from compressor.scoring import METHODS
 from graph_passes import GraphPassError, analyze, load_model, require_prunable
 from graph_passes.summary import summarize
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help="Shrink exported transformer encoders in ONNX.")
 USER_ERRORS = (GraphPassError, DefaultModelError)
 
 
-@app.callback()
-def main() -> None:
-    """Shrink exported transformer encoders in ONNX."""
+class DefaultRun(TyperGroup):
+    """A group whose first argument may be a model path: anything that is not a command name runs `run`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=DefaultRun, add_completion=False, help="Shrink exported transformer encoders in ONNX.")
 
 
 def fail(message: str) -> None:
@@ -28,9 +43,85 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _columns(value: str | None) -> list[str] | None:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+ModelArg = Annotated[Path | None, typer.Argument(help="ONNX model; default: the embedded all-MiniLM-L6-v2")]
+TokenizerOpt = Annotated[Path | None, typer.Option(help="tokenizer folder; default: the model's folder")]
+ColumnsOpt = Annotated[str | None, typer.Option(help="text column(s), comma separated; default: detected")]
+LabelOpt = Annotated[str | None, typer.Option(help="label column; default: 'label' when present")]
+MaxLengthOpt = Annotated[int, typer.Option(help="truncate tokenized samples to this many tokens")]
+
+
+@app.command()
+def run(
+    model: ModelArg = None,
+    keep: Annotated[float, typer.Option(help="fraction of the encoder's prunable weights to keep, in (0, 1]")] = 0.4,
+    calib: Annotated[Path | None, typer.Option(help="calibration data: .tsv, .csv, .jsonl or .npz")] = None,
+    out: Annotated[Path | None, typer.Option(help="output .onnx file, or a folder; default: MODEL.keepK.onnx")] = None,
+    report: Annotated[Path | None, typer.Option(help="report path; default: beside the output")] = None,
+    method: Annotated[str, typer.Option(help=f"unit scoring: {', '.join(METHODS)}")] = "mi",
+    granularity: Annotated[str, typer.Option(help=f"what to prune, from {', '.join(GRANULARITIES)}")] = ",".join(
+        DEFAULT_GRANULARITY
+    ),
+    samples: Annotated[int, typer.Option(help="calibration samples to use")] = 512,
+    max_length: MaxLengthOpt = 128,
+    tokenizer: TokenizerOpt = None,
+    text_columns: ColumnsOpt = None,
+    label_column: LabelOpt = None,
+    batch_size: Annotated[int, typer.Option(help="samples per ONNX Runtime run")] = 32,
+    seed: Annotated[int, typer.Option(help="seed for sampling, held-out split and --method random")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
+) -> None:
+    """Compress MODEL into a smaller dense ONNX model that keeps KEEP of its encoder weights."""
+    try:
+        path = model or default_model_path()
+        model_file, report_file = plan_outputs(path, out, report, keep)
+        result = compress(
+            path, calib, keep=keep, method=method, granularity=_columns(granularity) or [], samples=samples,
+            max_length=max_length, tokenizer=tokenizer, text_columns=_columns(text_columns),
+            label_column=label_column, batch_size=batch_size, seed=seed, quiet=quiet,
+        )
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    write_model(result.model, model_file, path.parent)
+    result.report.update(model=str(path), output=str(model_file))
+    write_report(result.report, report_file)
+    if not quiet:
+        _print_report(result.report, report_file)
+
+
+@app.command("eval")
+def eval_command(
+    model: ModelArg = None,
+    data: Annotated[Path | None, typer.Option(help="labelled .tsv, .csv or .jsonl file")] = None,
+    tokenizer: TokenizerOpt = None,
+    text_columns: ColumnsOpt = None,
+    label_column: LabelOpt = None,
+    max_length: MaxLengthOpt = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Accuracy and F1 (classes) or Pearson and Spearman (scores) of MODEL on labelled data."""
+    if data is None:
+        fail("give the labelled data with --data FILE")
+    try:
+        path = model or default_model_path()
+        metrics = evaluate_file(
+            load_model(path), data, tokenizer or path.parent, _columns(text_columns), label_column, max_length
+        )
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        typer.echo(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                            if v is not None))
+
+
 @app.command()
 def inspect(
-    model: Annotated[Path | None, typer.Argument(help="ONNX model; default: the embedded all-MiniLM-L6-v2")] = None,
+    model: ModelArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
 ) -> None:
     """Print the channel groups that can shrink together, and every part that cannot be pruned through."""
@@ -45,6 +136,26 @@ def inspect(
         typer.echo(json.dumps(summary))
     else:
         _print_summary(summary)
+
+
+def _print_report(report: dict, report_file: Path) -> None:
+    console = Console(file=sys.stdout, width=120)
+    heads = [g["units_after"] for g in report["groups"] if g["kind"] == "heads"]
+    ffn = [g["units_after"] for g in report["groups"] if g["kind"] == "ffn"]
+    hidden = [g["units_after"] for g in report["groups"] if g["kind"] == "hidden"]
+    weights, size, fid = report["encoder_weights"], report["file_bytes"], report["fidelity"]
+    lines = [
+        f"wrote {report['output']} ({size['after'] / 1e6:.1f} MB, was {size['before'] / 1e6:.1f} MB)",
+        f"encoder weights kept: {report['keep_achieved']:.3f} ({weights['after']:,} of {weights['before']:,}); "
+        f"method {report['method']}, top signal {report['top_signal'] or '-'}",
+        f"heads per layer: {heads}   FFN neurons per layer: {ffn}" + (f"   hidden: {hidden[0]}" if hidden else ""),
+        f"fidelity on {fid['samples']} held-out samples: mean cosine {fid['mean_cosine']:.3f}"
+        + (f", prediction agreement {fid['prediction_agreement']:.3f}" if fid["prediction_agreement"] is not None else ""),
+        f"time: {sum(report['seconds'].values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in report['seconds'].items())})",
+        f"report: {report_file}",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
 
 
 def _print_summary(summary: dict) -> None:

@@ -16,6 +16,7 @@ from graph_passes import ChannelGroup, GraphAnalysis
 METHODS = ("mi", "magnitude", "wanda", "random")
 RIDGE = 1e-3  # relative to the mean variance: keeps every solve well conditioned
 MAX_R2 = 1 - 1e-9
+ROUNDS = 8  # elimination rounds per layer (4 measured worse at keep 0.4 on minilm-sst2)
 
 
 def _ridge(cov: np.ndarray) -> np.ndarray:
@@ -33,24 +34,6 @@ def unit_mi(var_x: np.ndarray, cross: np.ndarray, cov_y: np.ndarray) -> np.ndarr
     return -0.5 * np.log1p(-r2)
 
 
-def block_mi(cov_x: np.ndarray, cross: np.ndarray, cov_y: np.ndarray, width: int) -> np.ndarray:
-    """Gaussian I(X_b; Y) for consecutive blocks of `width` units (heads)."""
-    blocks = len(cov_x) // width
-    if cross.shape[1] == 0:
-        return np.zeros(blocks)
-    solved = np.linalg.solve(_ridge(cov_y), cross.T)
-    explained = cross @ solved
-    scores = np.empty(blocks)
-    for b in range(blocks):
-        s = slice(b * width, (b + 1) * width)
-        marginal = _ridge(cov_x[s, s])
-        conditional = marginal - explained[s, s]
-        _, logdet_marginal = np.linalg.slogdet(marginal)
-        sign, logdet_conditional = np.linalg.slogdet(conditional)
-        scores[b] = 0.5 * (logdet_marginal - logdet_conditional) if sign > 0 else np.inf
-    return scores
-
-
 def top_k(scores: np.ndarray, count: int) -> np.ndarray:
     mask = np.zeros(len(scores), dtype=bool)
     mask[np.argsort(-scores, kind="stable")[:count]] = True
@@ -58,36 +41,99 @@ def top_k(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, np.ndarray]:
-    """Top-down: the top layer against the top signal, each layer below against what the layer above kept."""
+    """Top-down: the top layer against the top signal, each layer below against what the layer above kept.
+
+    Within a layer, heads and neurons are removed in a few rounds, each round dropping the units whose removal costs
+    the least information about the kept set above: I(U; Y) - I(U without u; Y), which for a Gaussian is
+    1/2 [log det (Σ_U|Y)⁻¹_uu - log det (Σ_U)⁻¹_uu]. Unlike each unit's own I(u; Y), this does not keep two units
+    that carry the same information.
+    """
     masks: dict[str, np.ndarray] = {}
-    kept_above: list[np.ndarray] = [np.array([], dtype=int)] * len(stats.plan.layers)
+    kept_above = np.array([], dtype=int)
+    hidden_kept: list[np.ndarray] = [kept_above] * len(stats.plan.layers)
     for i in reversed(range(len(stats.plan.layers))):
         taps = stats.plan.layers[i]
-        if i == len(stats.plan.layers) - 1:
-            top = stats.top_units
-            cov_x, cross, cov_y = top.covariance(), top.cross_covariance(), top.partner_covariance()
-        else:
-            keep = kept_above[i + 1]
-            cov_x = stats.layers[i].covariance()
-            cross = stats.layers[i].cross_covariance()[:, keep]
-            cov_y = stats.layers[i + 1].covariance()[np.ix_(keep, keep)]
-        head_width = taps.heads_size // analysis.group(taps.heads).units
-        h = taps.heads_size
-        head_scores = block_mi(cov_x[:h, :h], cross[:h], cov_y, head_width)
-        ffn_scores = unit_mi(np.diag(cov_x)[h:], cross[h:], cov_y)
-        masks[taps.heads] = top_k(head_scores, counts.get(taps.heads, len(head_scores)))
-        masks[taps.ffn] = top_k(ffn_scores, counts.get(taps.ffn, len(ffn_scores)))
-        head_dims = (np.flatnonzero(masks[taps.heads])[:, None] * head_width + np.arange(head_width)).reshape(-1)
-        kept_above[i] = np.concatenate([head_dims, h + np.flatnonzero(masks[taps.ffn])])
+        cov_x, cross, cov_y = _layer_system(stats, i, kept_above)
+        marginal = _ridge(cov_x)
+        conditional = marginal - cross @ np.linalg.solve(_ridge(cov_y), cross.T)
+        width = taps.heads_size // analysis.group(taps.heads).units
+        blocks = [np.arange(b * width, (b + 1) * width) for b in range(taps.heads_size // width)]
+        blocks += [np.array([taps.heads_size + j]) for j in range(taps.ffn_size)]
+        owner = np.array([0] * (taps.heads_size // width) + [1] * taps.ffn_size)
+        targets = [counts.get(taps.heads, taps.heads_size // width), counts.get(taps.ffn, taps.ffn_size)]
+        alive = _eliminate(marginal, conditional, blocks, owner, targets)
+        masks[taps.heads], masks[taps.ffn] = alive[owner == 0], alive[owner == 1]
+        kept_above = np.concatenate([blocks[b] for b in np.flatnonzero(alive)])
+        hidden_kept[i] = kept_above
     if "hidden" in counts:
-        masks["hidden"] = top_k(_hidden_mi(stats, kept_above), counts["hidden"])
+        masks["hidden"] = top_k(_hidden_mi(stats, hidden_kept), counts["hidden"])
     return {name: mask for name, mask in masks.items() if name in counts}
 
 
+def _layer_system(stats: CapturedStats, i: int, kept_above: np.ndarray):
+    """(Σ_U, Σ_UY, Σ_Y) for layer i: against the top signal at the top, else against the kept units above."""
+    if i == len(stats.plan.layers) - 1:
+        top = stats.top_units
+        return top.covariance(), top.cross_covariance(), top.partner_covariance()
+    cross = stats.layers[i].cross_covariance()[:, kept_above]
+    return stats.layers[i].covariance(), cross, stats.layers[i + 1].covariance()[np.ix_(kept_above, kept_above)]
+
+
+def _eliminate(
+    marginal: np.ndarray, conditional: np.ndarray, blocks: list[np.ndarray], owner: np.ndarray, targets: list[int],
+    rounds: int = ROUNDS,
+) -> np.ndarray:
+    """Greedy backward elimination of blocks, per owner group, down to `targets` blocks, in `rounds` steps.
+
+    The two precision matrices are inverted once; removing dimensions d from a precision matrix P leaves the
+    precision of the rest as the Schur complement P_rr - P_rd P_dd⁻¹ P_dr, far cheaper than a new inverse.
+    """
+    alive = np.ones(len(blocks), dtype=bool)
+    totals = [int((owner == g).sum()) for g in range(len(targets))]
+    dims = np.concatenate(blocks)
+    precisions = [np.linalg.inv(marginal), np.linalg.inv(conditional)]
+    widths = np.array([len(b) for b in blocks])
+    for step in range(1, rounds + 1):
+        ids = np.flatnonzero(alive)
+        loss = 0.5 * (_block_logdets(precisions[1], widths[ids]) - _block_logdets(precisions[0], widths[ids]))
+        for group, (total, target) in enumerate(zip(totals, targets)):
+            goal = round(total - (total - target) * step / rounds)
+            mine = owner[ids] == group
+            surplus = int(mine.sum()) - goal
+            if surplus > 0:
+                alive[ids[mine][np.argsort(loss[mine], kind="stable")[:surplus]]] = False
+        keep = np.isin(dims, np.concatenate([blocks[b] for b in np.flatnonzero(alive)]))
+        precisions = [_remove(p, keep) for p in precisions]
+        dims = dims[keep]
+    return alive
+
+
+def _block_logdets(precision: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """log det of each diagonal block of `precision`, the blocks laid end to end with the given widths."""
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    result = np.empty(len(widths))
+    for width in np.unique(widths):
+        chosen = widths == width
+        index = starts[chosen][:, None] + np.arange(width)
+        sign, value = np.linalg.slogdet(precision[index[:, :, None], index[:, None, :]])
+        result[chosen] = np.where(sign > 0, value, -np.inf)
+    return result
+
+
+def _remove(precision: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The precision matrix of the kept variables, from the precision matrix of all of them."""
+    if keep.all():
+        return precision
+    drop = ~keep
+    kept_rows = precision[np.ix_(keep, drop)]
+    return precision[np.ix_(keep, keep)] - kept_rows @ np.linalg.solve(precision[np.ix_(drop, drop)], kept_rows.T)
+
+
 def _hidden_mi(stats: CapturedStats, kept: list[np.ndarray]) -> np.ndarray:
+    """Per hidden channel: information about the kept units of every layer that reads it, and about the top signal."""
     score = np.zeros(stats.hidden[0].dim)
-    for moments, keep in zip(stats.hidden, kept):
-        cov_y = stats.layers[stats.hidden.index(moments)].covariance()[np.ix_(keep, keep)]
+    for moments, layer, keep in zip(stats.hidden, stats.layers, kept):
+        cov_y = layer.covariance()[np.ix_(keep, keep)]
         score += unit_mi(np.diag(moments.covariance()), moments.cross_covariance()[:, keep], cov_y)
     if stats.top_hidden is not None:
         top = stats.top_hidden

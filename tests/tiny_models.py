@@ -149,3 +149,24 @@ EXPORTS = {
 }
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+WORDS = [f"w{i}" for i in range(VOCAB - 5)]
+
+
+def save_tokenizer(folder: Path) -> Path:
+    """A real WordPiece tokenizer over the tiny vocabulary ([PAD]=0 ... then w0, w1, ...), saved into `folder`."""
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(str(folder))
+    return folder
+
+
+def sentences(count: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Random sentences over the tiny vocabulary; label 1 when w7 occurs, so labels follow the text."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        words = rng.choice(WORDS, size=int(rng.integers(3, 14)))
+        rows.append((" ".join(words), int("w7" in words)))
+    return rows
