@@ -7,6 +7,8 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
@@ -54,18 +56,16 @@ def _export(folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-class _quiet_loggers:
+
+@contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
     """Raise the given loggers to ERROR for the duration of a block (exporters are chatty)."""
-
-    def __init__(self, *names: str) -> None:
-        self.loggers = [logging.getLogger(name) for name in names]
-        self.levels: list[int] = []
-
-    def __enter__(self) -> None:
-        self.levels = [logger.level for logger in self.loggers]
-        for logger in self.loggers:
-            logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        for logger, level in zip(self.loggers, self.levels):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
             logger.setLevel(level)

@@ -95,7 +95,16 @@ def compress(
     return CompressionResult(pruned, report, masks)
 
 
-def _calibration(value, model, tokenizer_path, text_columns, label_column, samples, max_length, reporter):
+def _calibration(
+    value: str | Path | Sequence[str] | Mapping[str, np.ndarray] | None,
+    model: onnx.ModelProto,
+    tokenizer_path: Path | None,
+    text_columns: Sequence[str] | None,
+    label_column: str | None,
+    samples: int,
+    max_length: int,
+    reporter: Reporter,
+) -> calib.Calibration:
     if value is None:
         reporter.line(
             "warning: no calibration data (--calib); scoring on random word sequences from the tokenizer. "

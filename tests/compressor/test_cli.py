@@ -144,3 +144,21 @@ def test_bad_compress_input_is_one_line_exit_2_nothing_written(tiny_folder, tmp_
     assert result.returncode == 2, result.stdout
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert {p: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_main_job_compresses_the_embedded_default_model(tmp_path):
+    """README's first command, `compress --keep 0.4`, with fewer synthetic samples to stay quick."""
+    result = compress("--keep", "0.4", "--samples", "48", "--out", str(tmp_path / "default.onnx"))
+    assert result.returncode == 0, result.stderr
+    assert "warning: no calibration data" in result.stderr
+    assert "encoder weights kept: 0.4" in result.stdout and "mean cosine" in result.stdout
+    report = json.loads((tmp_path / "default.report.json").read_text())
+    assert report["top_signal"] == "output" and report["model"].endswith("all-MiniLM-L6-v2/model.onnx")
+
+
+def test_npz_that_does_not_match_the_model_is_refused(tiny_folder, tmp_path):
+    np.savez(tmp_path / "calib.npz", input_ids=np.zeros((4, 5), dtype=np.int64))
+    result = compress(str(tiny_folder / "model.onnx"), "--calib", str(tmp_path / "calib.npz"), "--out",
+                      str(tmp_path / "o.onnx"))
+    assert result.returncode == 2 and "no array 'attention_mask'" in result.stderr
+    assert not (tmp_path / "o.onnx").exists()

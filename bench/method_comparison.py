@@ -1,0 +1,136 @@
+"""Accuracy of every scoring method at several keeps and granularities, and the cost of `compress` itself.
+
+Regenerates BENCHMARKS.md:
+    python -m bench.method_comparison --model ../shared/models/minilm-sst2 \
+        --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
+Any model folder (model.onnx plus tokenizer) and any labelled file work the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from compressor import compress
+from compressor.errors import BudgetError
+from compressor.evaluation import evaluate_file
+from compressor.scoring import METHODS
+from graph_passes import load_model
+
+KEEPS = (0.8, 0.6, 0.4)
+GRANULARITIES = ("heads,ffn", "ffn", "heads", "heads,ffn,hidden")
+PACKAGES = ("onnxruntime", "onnx", "numpy", "transformers", "torch")
+
+
+def accuracy_table(model: Path, calib: Path, data: Path, samples: int) -> list[dict]:
+    rows = []
+    for granularity in GRANULARITIES:
+        for keep in KEEPS:
+            for method in METHODS:
+                rows.append(_one(model, calib, data, samples, granularity, keep, method))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _one(model: Path, calib: Path, data: Path, samples: int, granularity: str, keep: float, method: str) -> dict:
+    row = {"granularity": granularity, "keep": keep, "method": method}
+    start = time.perf_counter()
+    try:
+        result = compress(model / "model.onnx", calib, keep=keep, method=method, granularity=granularity.split(","),
+                          samples=samples)
+    except BudgetError:
+        return {**row, "accuracy": None}
+    metrics = evaluate_file(result.model, data, model, None, None, 64)
+    return {**row, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
+            "agreement": result.report["fidelity"]["prediction_agreement"],
+            "keep_achieved": result.report["keep_achieved"], "seconds": round(time.perf_counter() - start, 1)}
+
+
+def compress_cost(model: Path, calib: Path, samples: int) -> dict:
+    """Wall seconds and peak RSS of the `compress` command, from /usr/bin/time -v."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = ["/usr/bin/time", "-v", sys.executable, "-m", "compressor", str(model / "model.onnx"), "--keep",
+                   "0.4", "--calib", str(calib), "--samples", str(samples), "--out", f"{folder}/m.onnx", "--quiet"]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        report = json.loads(Path(f"{folder}/m.report.json").read_text())
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+    return {"samples": samples, "wall_seconds": round(hours * 3600 + minutes * 60 + seconds, 1),
+            "max_rss_mb": round(rss / 1024), "stages": report["seconds"]}
+
+
+def render(model: Path, calib: Path, data: Path, samples: int, original: float, rows: list[dict],
+           costs: list[dict]) -> str:
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
+    lines = [
+        "# Benchmarks", "",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python -m bench.method_comparison` on "
+        f"{_cpu()} ({_cores()} cores), Python {platform.python_version()}, {versions}.", "",
+        f"Model `{model.name}`; calibration: {samples} samples drawn from `{calib.name}` (seeded), "
+        f"of which a fifth is held out for the fidelity check; accuracy on all of `{data.name}`.", "",
+        "## Accuracy by scoring method (no recovery)", "",
+        f"Original model: **{original:.4f}**. `--keep` is the fraction of the encoder's prunable weights kept "
+        "(Q, K, V, attention output, FFN up and down); n/a: that granularity cannot reach that keep.", "",
+    ]
+    for granularity in GRANULARITIES:
+        lines += [f"### granularity `{granularity}`", "", "| keep | " + " | ".join(METHODS) + " |",
+                  "|---|" + "---|" * len(METHODS)]
+        for keep in KEEPS:
+            cells = []
+            for method in METHODS:
+                row = next(r for r in rows if (r["granularity"], r["keep"], r["method"]) == (granularity, keep, method))
+                cells.append("n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}")
+            best = max((c for c in cells if c != "n/a"), default=None)
+            cells = [f"**{c}**" if c == best else c for c in cells]
+            lines.append(f"| {keep} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Cost of `compress` (keep 0.4, method mi, default granularity)", "",
+              "| calibration samples | wall s | max RSS MB | capture s | scoring s |", "|---|---|---|---|---|"]
+    for cost in costs:
+        lines.append(f"| {cost['samples']} | {cost['wall_seconds']} | {cost['max_rss_mb']} | "
+                     f"{cost['stages']['capture']} | {cost['stages']['scoring']} |")
+    lines += ["", "Raw rows: `bench/results/method_comparison.json`.", ""]
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="folder with model.onnx and its tokenizer")
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--cost-samples", default="512,5000")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    args = parser.parse_args()
+    original = evaluate_file(load_model(args.model / "model.onnx"), args.data, args.model, None, None, 64)["accuracy"]
+    rows = accuracy_table(args.model, args.calib, args.data, args.samples)
+    costs = [compress_cost(args.model, args.calib, int(n)) for n in args.cost_samples.split(",")]
+    raw = Path(__file__).parent / "results" / "method_comparison.json"
+    raw.parent.mkdir(exist_ok=True)
+    raw.write_text(json.dumps({"original_accuracy": original, "rows": rows, "costs": costs}, indent=1) + "\n")
+    args.out.write_text(render(args.model, args.calib, args.data, args.samples, original, rows, costs))
+
+
+if __name__ == "__main__":
+    main()
