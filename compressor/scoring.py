@@ -1,10 +1,9 @@
 """Unit scores and masks: top-down mutual information, and the baselines a user compares with.
 
-MI (Fan et al., EMNLP 2021), Gaussian estimate: for a unit x and the kept set Y of the layer above,
-I(x; Y) = -1/2 log(1 - R²), R² from regressing x on Y; a head is a block of units scored by the log-determinant form
-I(X; Y) = 1/2 [log det Σ_X - log det Σ_X|Y]. Layers are decided from the top signal down, each against what the
-layer above kept; the hidden stream, one group for the whole encoder, sums its information about the kept units of
-every layer that reads it and about the top signal.
+MI (Fan et al., EMNLP 2021), Gaussian estimate from streamed covariances: I(X; Y) = 1/2 [log det Σ_X - log det Σ_X|Y]
+(for one unit, -1/2 log(1 - R²) with R² from regressing it on Y). Layers are decided from the top signal down,
+each against what the layer above kept; a head is scored as a block. The hidden stream, one group for the whole
+encoder, is scored against the kept units of every layer that reads it and against the top signal.
 """
 from __future__ import annotations
 
@@ -15,23 +14,12 @@ from graph_passes import ChannelGroup, GraphAnalysis
 
 METHODS = ("mi", "magnitude", "wanda", "random")
 RIDGE = 1e-3  # relative to the mean variance: keeps every solve well conditioned
-MAX_R2 = 1 - 1e-9
 ROUNDS = 8  # elimination rounds per layer (4 measured worse at keep 0.4 on minilm-sst2)
 
 
 def _ridge(cov: np.ndarray) -> np.ndarray:
     scale = max(float(np.mean(np.diag(cov))), 1e-12)
     return cov + RIDGE * scale * np.eye(len(cov))
-
-
-def unit_mi(var_x: np.ndarray, cross: np.ndarray, cov_y: np.ndarray) -> np.ndarray:
-    """Gaussian I(x_i; Y) for every row i of `cross` (Cov(x_i, Y)) at once."""
-    if cross.shape[1] == 0:
-        return np.zeros(len(var_x))
-    solved = np.linalg.solve(_ridge(cov_y), cross.T)
-    explained = np.einsum("yi,iy->i", solved, cross)
-    r2 = np.clip(explained / np.maximum(var_x, 1e-12), 0.0, MAX_R2)
-    return -0.5 * np.log1p(-r2)
 
 
 def top_k(scores: np.ndarray, count: int) -> np.ndarray:
@@ -53,20 +41,22 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
     hidden_kept: list[np.ndarray] = [kept_above] * len(stats.plan.layers)
     for i in reversed(range(len(stats.plan.layers))):
         taps = stats.plan.layers[i]
-        cov_x, cross, cov_y = _layer_system(stats, i, kept_above)
-        marginal = _ridge(cov_x)
-        conditional = marginal - cross @ np.linalg.solve(_ridge(cov_y), cross.T)
+        marginal, conditional = _conditioned(*_layer_system(stats, i, kept_above))
         width = taps.heads_size // analysis.group(taps.heads).units
         blocks = [np.arange(b * width, (b + 1) * width) for b in range(taps.heads_size // width)]
         blocks += [np.array([taps.heads_size + j]) for j in range(taps.ffn_size)]
         owner = np.array([0] * (taps.heads_size // width) + [1] * taps.ffn_size)
         targets = [counts.get(taps.heads, taps.heads_size // width), counts.get(taps.ffn, taps.ffn_size)]
-        alive = _eliminate(marginal, conditional, blocks, owner, targets)
+        alive = _eliminate([(marginal, conditional)], blocks, owner, targets)
         masks[taps.heads], masks[taps.ffn] = alive[owner == 0], alive[owner == 1]
         kept_above = np.concatenate([blocks[b] for b in np.flatnonzero(alive)])
         hidden_kept[i] = kept_above
     if "hidden" in counts:
-        masks["hidden"] = top_k(_hidden_mi(stats, hidden_kept), counts["hidden"])
+        systems = _hidden_systems(stats, hidden_kept)
+        channels = stats.hidden[0].dim
+        masks["hidden"] = _eliminate(
+            systems, [np.array([c]) for c in range(channels)], np.zeros(channels, dtype=int), [counts["hidden"]]
+        )
     return {name: mask for name, mask in masks.items() if name in counts}
 
 
@@ -80,22 +70,24 @@ def _layer_system(stats: CapturedStats, i: int, kept_above: np.ndarray):
 
 
 def _eliminate(
-    marginal: np.ndarray, conditional: np.ndarray, blocks: list[np.ndarray], owner: np.ndarray, targets: list[int],
+    systems: list[tuple[np.ndarray, np.ndarray]], blocks: list[np.ndarray], owner: np.ndarray, targets: list[int],
     rounds: int = ROUNDS,
 ) -> np.ndarray:
     """Greedy backward elimination of blocks, per owner group, down to `targets` blocks, in `rounds` steps.
 
-    The two precision matrices are inverted once; removing dimensions d from a precision matrix P leaves the
-    precision of the rest as the Schur complement P_rr - P_rd P_dd⁻¹ P_dr, far cheaper than a new inverse.
+    Each system is (Σ_U, Σ_U|Y) over the same units; a block's loss is summed over the systems (the hidden stream
+    informs every layer that reads it). The precision matrices are inverted once; removing dimensions d from a
+    precision matrix P leaves the precision of the rest as the Schur complement P_rr - P_rd P_dd⁻¹ P_dr.
     """
     alive = np.ones(len(blocks), dtype=bool)
     totals = [int((owner == g).sum()) for g in range(len(targets))]
     dims = np.concatenate(blocks)
-    precisions = [np.linalg.inv(marginal), np.linalg.inv(conditional)]
+    precisions = [np.linalg.inv(matrix) for system in systems for matrix in system]
     widths = np.array([len(b) for b in blocks])
     for step in range(1, rounds + 1):
         ids = np.flatnonzero(alive)
-        loss = 0.5 * (_block_logdets(precisions[1], widths[ids]) - _block_logdets(precisions[0], widths[ids]))
+        logdets = [_block_logdets(p, widths[ids]) for p in precisions]
+        loss = 0.5 * sum(conditional - marginal for marginal, conditional in zip(logdets[::2], logdets[1::2]))
         for group, (total, target) in enumerate(zip(totals, targets)):
             goal = round(total - (total - target) * step / rounds)
             mine = owner[ids] == group
@@ -106,6 +98,12 @@ def _eliminate(
         precisions = [_remove(p, keep) for p in precisions]
         dims = dims[keep]
     return alive
+
+
+def _conditioned(cov_x: np.ndarray, cross: np.ndarray, cov_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ_X, Σ_X|Y), both ridge-regularised."""
+    marginal = _ridge(cov_x)
+    return marginal, marginal - cross @ np.linalg.solve(_ridge(cov_y), cross.T)
 
 
 def _block_logdets(precision: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -129,16 +127,16 @@ def _remove(precision: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return precision[np.ix_(keep, keep)] - kept_rows @ np.linalg.solve(precision[np.ix_(drop, drop)], kept_rows.T)
 
 
-def _hidden_mi(stats: CapturedStats, kept: list[np.ndarray]) -> np.ndarray:
-    """Per hidden channel: information about the kept units of every layer that reads it, and about the top signal."""
-    score = np.zeros(stats.hidden[0].dim)
+def _hidden_systems(stats: CapturedStats, kept: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The hidden stream where each layer reads it, against that layer's kept units; and against the top signal."""
+    systems = []
     for moments, layer, keep in zip(stats.hidden, stats.layers, kept):
         cov_y = layer.covariance()[np.ix_(keep, keep)]
-        score += unit_mi(np.diag(moments.covariance()), moments.cross_covariance()[:, keep], cov_y)
+        systems.append(_conditioned(moments.covariance(), moments.cross_covariance()[:, keep], cov_y))
     if stats.top_hidden is not None:
         top = stats.top_hidden
-        score += unit_mi(np.diag(top.covariance()), top.cross_covariance(), top.partner_covariance())
-    return score
+        systems.append(_conditioned(top.covariance(), top.cross_covariance(), top.partner_covariance()))
+    return systems
 
 
 def _unit_slices(analysis: GraphAnalysis, group: ChannelGroup, weight: str) -> tuple[np.ndarray, int]:

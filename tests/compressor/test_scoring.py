@@ -3,17 +3,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from compressor.scoring import _eliminate, _ridge, top_k, unit_mi
+from compressor.scoring import _conditioned, _eliminate, top_k
 
 
-def test_unit_mi_matches_the_gaussian_closed_form():
+def marginal_mi(cov: np.ndarray, units: int) -> np.ndarray:
+    """Each unit's own Gaussian I(u; Y) = -1/2 log(1 - R²)."""
+    cross, cov_y = cov[:units, units:], cov[units:, units:]
+    r2 = np.einsum("iy,yi->i", cross, np.linalg.solve(cov_y, cross.T)) / np.diag(cov)[:units]
+    return -0.5 * np.log1p(-r2)
+
+
+def test_block_information_matches_the_gaussian_closed_form():
+    """With one unit per block, the loss of the only unit is its MI with Y: -1/2 log(1 - rho²)."""
     rng = np.random.default_rng(0)
     y = rng.standard_normal((200_000, 1))
-    rho = np.array([0.0, 0.5, 0.9])
-    x = rho * y + np.sqrt(1 - rho**2) * rng.standard_normal((200_000, 3))
-    cov = np.cov(np.hstack([x, y]).T)
-    mi = unit_mi(np.diag(cov)[:3], cov[:3, 3:], cov[3:, 3:])
-    np.testing.assert_allclose(mi, -0.5 * np.log(1 - rho**2), atol=0.01)
+    for rho in (0.3, 0.9):
+        x = rho * y + np.sqrt(1 - rho**2) * rng.standard_normal((200_000, 1))
+        cov = np.cov(np.hstack([x, y]).T)
+        marginal, conditional = _conditioned(cov[:1, :1], cov[:1, 1:], cov[1:, 1:])
+        mi = 0.5 * (np.log(np.linalg.inv(conditional)[0, 0]) - np.log(np.linalg.inv(marginal)[0, 0]))
+        assert abs(mi - (-0.5 * np.log(1 - rho**2))) < 0.01
 
 
 def test_elimination_drops_a_duplicate_before_a_weaker_unique_unit():
@@ -25,11 +34,10 @@ def test_elimination_drops_a_duplicate_before_a_weaker_unique_unit():
                       0.8 * b + 0.6 * rng.standard_normal(50_000)], axis=1)
     targets = np.stack([a, b], axis=1)
     cov = np.cov(np.hstack([units, targets]).T)
-    marginal = _ridge(cov[:3, :3])
-    conditional = marginal - cov[:3, 3:] @ np.linalg.solve(_ridge(cov[3:, 3:]), cov[3:, :3])
-    alive = _eliminate(marginal, conditional, [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    system = _conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:])
+    alive = _eliminate([system], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
     assert alive[2] and alive.sum() == 2
-    marginal_choice = top_k(unit_mi(np.diag(cov)[:3], cov[:3, 3:], cov[3:, 3:]), 2)
+    marginal_choice = top_k(marginal_mi(cov, 3), 2)
     assert not marginal_choice[2]  # what per-unit MI alone would have kept: both duplicates
 
 
@@ -39,7 +47,20 @@ def test_heads_are_removed_as_blocks():
     head0 = signal[:, :1] + 0.1 * rng.standard_normal((20_000, 2))  # informative head of width 2
     head1 = rng.standard_normal((20_000, 2))  # noise head
     cov = np.cov(np.hstack([head0, head1, signal]).T)
-    marginal = _ridge(cov[:4, :4])
-    conditional = marginal - cov[:4, 4:] @ np.linalg.solve(_ridge(cov[4:, 4:]), cov[4:, :4])
-    alive = _eliminate(marginal, conditional, [np.arange(2), np.arange(2, 4)], np.zeros(2, dtype=int), [1])
+    system = _conditioned(cov[:4, :4], cov[:4, 4:], cov[4:, 4:])
+    alive = _eliminate([system], [np.arange(2), np.arange(2, 4)], np.zeros(2, dtype=int), [1])
     assert alive.tolist() == [True, False]
+
+
+def test_loss_is_summed_over_systems():
+    """The hidden stream informs several layers: a channel useless to one but vital to another is kept."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 30_000))
+    units = np.stack([a + 0.5 * rng.standard_normal(30_000), b + 0.5 * rng.standard_normal(30_000),
+                      rng.standard_normal(30_000)], axis=1)
+    systems = []
+    for target in (a, b):
+        cov = np.cov(np.hstack([units, target[:, None]]).T)
+        systems.append(_conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:]))
+    alive = _eliminate(systems, [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    assert alive.tolist() == [True, True, False]

@@ -137,3 +137,31 @@ def test_input_model_is_not_modified(export_cache):
     analysis = analyze(model)
     apply_masks(analysis, random_masks(analysis, seed=1, hidden=True))
     assert model.SerializeToString() == snapshot and path.read_bytes() == before
+
+
+def test_shape_targets_shared_between_layers_get_per_layer_sizes(export_cache):
+    """One static [0, 0, 4, 16] target for every head split and one [0, 0, 64] for every merge, shared by all
+    layers: pruning layers to different head counts must give each Reshape its own target."""
+    from graph_passes.model_io import constants_to_initializers
+    from graph_passes.shape_probe import probe_values
+
+    model, path = export_cache("bert", "classifier", "optimum-opset17")
+    shared = constants_to_initializers(load_model(path))
+    values = probe_values(shared)
+    targets = {4: np.array([0, 0, 4, 16], dtype=np.int64), 3: np.array([0, 0, 64], dtype=np.int64)}
+    rewired = 0
+    for node in shared.graph.node:
+        if node.op_type == "Reshape" and values[node.input[0]].ndim in (3, 4) and values[node.output[0]].ndim in targets:
+            rank = values[node.output[0]].ndim
+            if (rank == 4 and values[node.output[0]].shape[2:] == (4, 16)) or (rank == 3 and values[node.input[0]].ndim == 4):
+                node.input[1] = f"shared_target_{rank}"
+                rewired += 1
+    assert rewired == 2 * 4  # Q, K, V splits and one merge per layer
+    shared.graph.initializer.extend(onnx.numpy_helper.from_array(t, f"shared_target_{r}") for r, t in targets.items())
+    analysis = analyze(shared)
+    masks = random_masks(analysis, seed=9, hidden=False)
+    pruned = apply_masks(analysis, masks)
+    for batch, seq in SHAPES:
+        feeds = tiny_models.sample_inputs("bert", batch, seq, seed=batch)
+        assert np.abs(run(pruned, feeds) - torch_reference_outputs(model, masks, feeds)).max() <= 1e-4
+    assert not pruned.graph.value_info
