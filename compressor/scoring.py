@@ -60,7 +60,9 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
     return {name: mask for name, mask in masks.items() if name in counts}
 
 
-def _layer_system(stats: CapturedStats, i: int, kept_above: np.ndarray):
+def _layer_system(
+    stats: CapturedStats, i: int, kept_above: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Σ_U, Σ_UY, Σ_Y) for layer i: against the top signal at the top, else against the kept units above."""
     if i == len(stats.plan.layers) - 1:
         top = stats.top_units
