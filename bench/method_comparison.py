@@ -5,6 +5,7 @@ Regenerates BENCHMARKS.md:
         --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
 Any model folder (model.onnx plus tokenizer) and any labelled file work the same way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,46 +46,81 @@ def _one(model: Path, calib: Path, data: Path, samples: int, granularity: str, k
     row = {"granularity": granularity, "keep": keep, "method": method}
     start = time.perf_counter()
     try:
-        result = compress(model / "model.onnx", calib, keep=keep, method=method, granularity=granularity.split(","),
-                          samples=samples)
+        result = compress(
+            model / "model.onnx", calib, keep=keep, method=method, granularity=granularity.split(","), samples=samples
+        )
     except BudgetError:
         return {**row, "accuracy": None}
     metrics = evaluate_file(result.model, data, model, None, None, 64)
-    return {**row, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
-            "agreement": result.report["fidelity"]["prediction_agreement"],
-            "keep_achieved": result.report["keep_achieved"], "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        **row,
+        "accuracy": metrics["accuracy"],
+        "f1": metrics["f1"],
+        "agreement": result.report["fidelity"]["prediction_agreement"],
+        "keep_achieved": result.report["keep_achieved"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def compress_cost(model: Path, calib: Path, samples: int) -> dict:
     """Wall seconds and peak RSS of the `compress` command, from /usr/bin/time -v."""
     with tempfile.TemporaryDirectory() as folder:
-        command = ["/usr/bin/time", "-v", sys.executable, "-m", "compressor", str(model / "model.onnx"), "--keep",
-                   "0.4", "--calib", str(calib), "--samples", str(samples), "--out", f"{folder}/m.onnx", "--quiet"]
+        command = [
+            "/usr/bin/time",
+            "-v",
+            sys.executable,
+            "-m",
+            "compressor",
+            str(model / "model.onnx"),
+            "--keep",
+            "0.4",
+            "--calib",
+            str(calib),
+            "--samples",
+            str(samples),
+            "--out",
+            f"{folder}/m.onnx",
+            "--quiet",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         report = json.loads(Path(f"{folder}/m.report.json").read_text())
     wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
     hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    return {"samples": samples, "wall_seconds": round(hours * 3600 + minutes * 60 + seconds, 1),
-            "max_rss_mb": round(rss / 1024), "stages": report["seconds"]}
+    return {
+        "samples": samples,
+        "wall_seconds": round(hours * 3600 + minutes * 60 + seconds, 1),
+        "max_rss_mb": round(rss / 1024),
+        "stages": report["seconds"],
+    }
 
 
-def render(model: Path, calib: Path, data: Path, samples: int, original: float, rows: list[dict],
-           costs: list[dict]) -> str:
+def render(
+    model: Path, calib: Path, data: Path, samples: int, original: float, rows: list[dict], costs: list[dict]
+) -> str:
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python -m bench.method_comparison` on "
-        f"{_cpu()} ({_cores()} cores), Python {platform.python_version()}, {versions}.", "",
+        f"{_cpu()} ({_cores()} cores), Python {platform.python_version()}, {versions}.",
+        "",
         f"Model `{model.name}`; calibration: {samples} samples drawn from `{calib.name}` (seeded), "
-        f"of which a fifth is held out for the fidelity check; accuracy on all of `{data.name}`.", "",
-        "## Accuracy by scoring method (no recovery)", "",
+        f"of which a fifth is held out for the fidelity check; accuracy on all of `{data.name}`.",
+        "",
+        "## Accuracy by scoring method (no recovery)",
+        "",
         f"Original model: **{original:.4f}**. `--keep` is the fraction of the encoder's prunable weights kept "
-        "(Q, K, V, attention output, FFN up and down); n/a: that granularity cannot reach that keep.", "",
+        "(Q, K, V, attention output, FFN up and down); n/a: that granularity cannot reach that keep.",
+        "",
     ]
     for granularity in GRANULARITIES:
-        lines += [f"### granularity `{granularity}`", "", "| keep | " + " | ".join(METHODS) + " |",
-                  "|---|" + "---|" * len(METHODS)]
+        lines += [
+            f"### granularity `{granularity}`",
+            "",
+            "| keep | " + " | ".join(METHODS) + " |",
+            "|---|" + "---|" * len(METHODS),
+        ]
         for keep in KEEPS:
             cells = []
             for method in METHODS:
@@ -94,11 +130,17 @@ def render(model: Path, calib: Path, data: Path, samples: int, original: float, 
             cells = [f"**{c}**" if c == best else c for c in cells]
             lines.append(f"| {keep} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Cost of `compress` (keep 0.4, method mi, default granularity)", "",
-              "| calibration samples | wall s | max RSS MB | capture s | scoring s |", "|---|---|---|---|---|"]
+    lines += [
+        "## Cost of `compress` (keep 0.4, method mi, default granularity)",
+        "",
+        "| calibration samples | wall s | max RSS MB | capture s | scoring s |",
+        "|---|---|---|---|---|",
+    ]
     for cost in costs:
-        lines.append(f"| {cost['samples']} | {cost['wall_seconds']} | {cost['max_rss_mb']} | "
-                     f"{cost['stages']['capture']} | {cost['stages']['scoring']} |")
+        lines.append(
+            f"| {cost['samples']} | {cost['wall_seconds']} | {cost['max_rss_mb']} | "
+            f"{cost['stages']['capture']} | {cost['stages']['scoring']} |"
+        )
     lines += ["", "Raw rows: `bench/results/method_comparison.json`.", ""]
     return "\n".join(lines)
 

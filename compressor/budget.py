@@ -5,6 +5,7 @@ projection, FFN up and down). A matrix keeps (kept rows) x (kept columns), so pr
 of them at once. Allocation is uniform: every pruned group keeps the same fraction of its units, rounded to whole
 units, then single units are added or removed until the total is as close to the budget as units allow.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ def encoder_matrices(analysis: GraphAnalysis) -> list[Matrix]:
 
 def parameter_count(analysis: GraphAnalysis, matrices: list[Matrix], kept: dict[str, int]) -> int:
     """Weights left in the encoder matrices when each named group keeps `kept[name]` units."""
+
     def size(full: int, group: str | None) -> float:
         if group is None or group not in kept:
             return full
@@ -105,7 +107,9 @@ def _fill(analysis, matrices, groups, kept: dict[str, int], target: float) -> di
                 if 1 <= count <= group.units:
                     trial = {**kept, group.name: count}
                     evenness = count / group.units if step > 0 else 1 - count / group.units
-                    moves.append((abs(parameter_count(analysis, matrices, trial) - target), evenness, group.name, trial))
+                    moves.append(
+                        (abs(parameter_count(analysis, matrices, trial) - target), evenness, group.name, trial)
+                    )
         best = min(moves, key=lambda move: move[:3]) if moves else None
         if best is None or best[0] >= distance:
             return kept

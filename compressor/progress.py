@@ -1,4 +1,5 @@
 """Progress for long stages: rich bars on a terminal, plain lines in logs, nothing with --quiet."""
+
 from __future__ import annotations
 
 import sys

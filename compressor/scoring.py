@@ -5,6 +5,7 @@ MI (Fan et al., EMNLP 2021), Gaussian estimate from streamed covariances: I(X; Y
 each against what the layer above kept; a head is scored as a block. The hidden stream, one group for the whole
 encoder, is scored against the kept units of every layer that reads it and against the top signal.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,9 +61,7 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
     return {name: mask for name, mask in masks.items() if name in counts}
 
 
-def _layer_system(
-    stats: CapturedStats, i: int, kept_above: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _layer_system(stats: CapturedStats, i: int, kept_above: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Σ_U, Σ_UY, Σ_Y) for layer i: against the top signal at the top, else against the kept units above."""
     if i == len(stats.plan.layers) - 1:
         top = stats.top_units
@@ -72,7 +71,10 @@ def _layer_system(
 
 
 def _eliminate(
-    systems: list[tuple[np.ndarray, np.ndarray]], blocks: list[np.ndarray], owner: np.ndarray, targets: list[int],
+    systems: list[tuple[np.ndarray, np.ndarray]],
+    blocks: list[np.ndarray],
+    owner: np.ndarray,
+    targets: list[int],
     rounds: int = ROUNDS,
 ) -> np.ndarray:
     """Greedy backward elimination of blocks, per owner group, down to `targets` blocks, in `rounds` steps.
@@ -179,7 +181,7 @@ def input_norms(stats: CapturedStats) -> dict[str, np.ndarray]:
     for taps, layer, hidden in zip(stats.plan.layers, stats.layers, stats.hidden):
         rms = np.sqrt(layer.second_moment_diag())
         norms[taps.heads_tensor] = rms[: taps.heads_size]
-        norms[taps.ffn_tensor] = rms[taps.heads_size:]
+        norms[taps.ffn_tensor] = rms[taps.heads_size :]
         norms[taps.hidden_tensor] = np.sqrt(hidden.second_moment_diag())
     if stats.top_hidden is not None:
         norms[stats.plan.top_hidden] = np.sqrt(stats.top_hidden.second_moment_diag())

@@ -1,4 +1,5 @@
 """Streaming second moments: sums and cross-products accumulated batch by batch, never all activations at once."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

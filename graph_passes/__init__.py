@@ -1,4 +1,5 @@
 """Pure ONNX graph analysis and rewriting: find coupled channel groups, apply masks to them."""
+
 from graph_passes.channel_groups import ChannelGroup, GraphAnalysis, Member, analyze, require_prunable
 from graph_passes.dims import Blocker
 from graph_passes.errors import GraphPassError, MaskError, NotOnnxError, UnsupportedGraphError

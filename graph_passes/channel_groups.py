@@ -1,4 +1,5 @@
 """Channel groups: everything in a model that must shrink together, found by one walk of the graph."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -154,9 +155,16 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
         kind = "heads" if has_units else ("hidden" if "normalized" in tags[key] else "dense")
         groups.append(
             ChannelGroup(
-                id=key, kind=kind, layer=None, units=dims.size[key], width=width, dims=group_dims,
-                params=sorted(set(params), key=_member_order), activations=activations,
-                interface=sorted(touches[key]), blockers=_unique(blockers),
+                id=key,
+                kind=kind,
+                layer=None,
+                units=dims.size[key],
+                width=width,
+                dims=group_dims,
+                params=sorted(set(params), key=_member_order),
+                activations=activations,
+                interface=sorted(touches[key]),
+                blockers=_unique(blockers),
             )
         )
     _link_weights(groups, ctx)
@@ -231,9 +239,7 @@ def _classify(groups: list[ChannelGroup], weight_position: dict[str, int]) -> No
 def _is_between(group: ChannelGroup, groups: list[ChannelGroup]) -> bool:
     """An FFN's neurons are written from the hidden stream and read back into it."""
     hidden = [g for g in groups if g.kind == "hidden"]
-    return any(
-        set(group.writers) & set(h.readers) and set(group.readers) & set(h.writers) for h in hidden
-    )
+    return any(set(group.writers) & set(h.readers) and set(group.readers) & set(h.writers) for h in hidden)
 
 
 def require_prunable(analysis: GraphAnalysis) -> None:

@@ -1,4 +1,5 @@
 """Union-find over tensor axes, with factorizations for axes that reshapes split into (units, width)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

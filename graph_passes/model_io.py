@@ -1,4 +1,5 @@
 """Loading ONNX models with clear errors, and the normal form the passes work on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -66,7 +67,6 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto:
     if attr.name in ("value_floats", "value_ints"):
         return numpy_helper.from_array(np.array(value, dtype="float32" if attr.name == "value_floats" else "int64"))
     raise UnsupportedGraphError(f"Constant node {node.name!r} holds a {attr.name}; only tensor constants are supported")
-
 
 
 def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

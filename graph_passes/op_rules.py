@@ -5,6 +5,7 @@ A rule ties axes that must shrink together, records factorizations (a Reshape th
 weights (which axis is read, which is written), and blocks axes it cannot slice through. An operator without
 a rule blocks every axis it touches: safe by default.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -319,8 +320,12 @@ UNARY = (
     "IsInf IsNaN LeakyRelu Log Mish Neg Not Reciprocal Relu Round Selu Sigmoid Sign Sin Softplus Softsign Sqrt Tan "
     "Tanh ThresholdedRelu FastGelu QuickGelu"
 ).split()
-BROADCAST = "Add And BitShift Div Equal Greater GreaterOrEqual Less LessOrEqual Max Min Mod Mul Or Pow Sub Sum Where Xor"
-REDUCE = "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare"
+BROADCAST = (
+    "Add And BitShift Div Equal Greater GreaterOrEqual Less LessOrEqual Max Min Mod Mul Or Pow Sub Sum Where Xor"
+)
+REDUCE = (
+    "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare"
+)
 
 RULES: dict[str, Rule] = {
     **{op: same_shape for op in UNARY},
@@ -344,7 +349,9 @@ RULES: dict[str, Rule] = {
 
 def apply_rule(node: onnx.NodeProto, ctx: RuleContext) -> None:
     rule = RULES.get(node.op_type)
-    if rule is None or any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+    if rule is None or any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute
+    ):
         no_rule(node, ctx)
     else:
         rule(node, ctx)

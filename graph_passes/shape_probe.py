@@ -3,6 +3,7 @@
 The channel analysis reads sizes from here instead of trusting symbolic shape inference, which loses track of
 sizes computed at run time (Shape -> Gather -> Concat -> Reshape chains).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,9 @@ def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = N
         names = [o.name for o in session.get_outputs()]
         results = session.run(names, feeds)
     except Exception as exc:  # ORT raises several unrelated types for one cause: the graph does not run
-        raise UnsupportedGraphError(f"ONNX Runtime cannot run the model on dummy inputs: {exc}".splitlines()[0]) from exc
+        raise UnsupportedGraphError(
+            f"ONNX Runtime cannot run the model on dummy inputs: {exc}".splitlines()[0]
+        ) from exc
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     values.update(feeds)
     values.update(zip(names, (np.asarray(r) for r in results)))

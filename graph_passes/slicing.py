@@ -1,4 +1,5 @@
 """Apply unit masks to channel groups: slice every member, rewrite the constants that spell sizes."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,4 +1,5 @@
 """A plain-data description of an analysis: what `compress inspect` prints and `--json` emits."""
+
 from __future__ import annotations
 
 import numpy as np

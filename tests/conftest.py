@@ -1,4 +1,5 @@
 """Shared fixtures: tiny exported models (built once per session), and the real models when they exist."""
+
 from __future__ import annotations
 
 import sys

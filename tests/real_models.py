@@ -1,4 +1,5 @@
 """Torch twins of the real ONNX models, so pruning them can be checked against transformers' own pruning."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,9 @@ def torch_twin_of_optimum_export(folder: Path) -> torch.nn.Module:
     missing = [name for name in state if name not in weights and not name.endswith("position_ids")]
     if missing:
         raise AssertionError(f"no ONNX tensor for {missing[:3]}")
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(weights[k])) if k in weights else v
-                           for k, v in state.items()})
+    model.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(weights[k])) if k in weights else v for k, v in state.items()}
+    )
     return model
 
 

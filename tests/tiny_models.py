@@ -1,4 +1,5 @@
 """Tiny random transformer encoders built from transformers configs and exported to ONNX in every supported style."""
+
 from __future__ import annotations
 
 import copy
@@ -34,12 +35,14 @@ def build(spec: Spec) -> torch.nn.Module:
     else:
         config_cls = transformers.BertConfig if spec.arch == "bert" else transformers.RobertaConfig
         config = config_cls(
-            hidden_size=64, num_hidden_layers=spec.layers, num_attention_heads=4, intermediate_size=96,
-            type_vocab_size=max(TYPE_VOCAB[spec.arch], 1), **common,
+            hidden_size=64,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=4,
+            intermediate_size=96,
+            type_vocab_size=max(TYPE_VOCAB[spec.arch], 1),
+            **common,
         )
-    auto = (
-        transformers.AutoModelForSequenceClassification if spec.head == "classifier" else transformers.AutoModel
-    )
+    auto = transformers.AutoModelForSequenceClassification if spec.head == "classifier" else transformers.AutoModel
     model = auto.from_config(config)
     _randomize_norms(model)
     return model.eval()
@@ -69,12 +72,12 @@ def sample_inputs(arch: str, batch: int, seq: int, seed: int = 0) -> dict[str, n
     ids = rng.integers(3, VOCAB, size=(batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
     for row in range(1, batch):
-        mask[row, seq - row:] = 0
+        mask[row, seq - row :] = 0
     ids[mask == 0] = 1 if arch == "roberta" else 0
     feeds = {"input_ids": ids, "attention_mask": mask}
     if TYPE_VOCAB[arch] > 1:
         types = np.zeros_like(ids)
-        types[:, seq // 2:] = 1
+        types[:, seq // 2 :] = 1
         feeds["token_type_ids"] = types
     return feeds
 
@@ -108,15 +111,30 @@ def export_torch(model: torch.nn.Module, spec: Spec, path: Path, opset: int, dyn
             batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", max=64)
             shapes = {"args": tuple({0: batch, 1: seq} for _ in names)}
             torch.onnx.export(
-                wrapper, args, str(path), dynamo=True, opset_version=opset, input_names=names,
-                output_names=output_names(spec.head), dynamic_shapes=shapes, verbose=False,
+                wrapper,
+                args,
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=names,
+                output_names=output_names(spec.head),
+                dynamic_shapes=shapes,
+                verbose=False,
             )
         else:
             axes = {n: {0: "batch", 1: "sequence"} for n in names}
-            axes[output_names(spec.head)[0]] = {0: "batch"} if spec.head == "classifier" else {0: "batch", 1: "sequence"}
+            axes[output_names(spec.head)[0]] = (
+                {0: "batch"} if spec.head == "classifier" else {0: "batch", 1: "sequence"}
+            )
             torch.onnx.export(
-                wrapper, args, str(path), dynamo=False, opset_version=opset, input_names=names,
-                output_names=output_names(spec.head), dynamic_axes=axes,
+                wrapper,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=output_names(spec.head),
+                dynamic_axes=axes,
             )
     _inline_external_data(path)
     return path
@@ -147,8 +165,6 @@ EXPORTS = {
     "torchscript-opset17": lambda m, s, d: export_torch(m, s, d / "model.onnx", 17, dynamo=False),
     "dynamo-opset18": lambda m, s, d: export_torch(m, s, d / "model.onnx", 18, dynamo=True),
 }
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 WORDS = [f"w{i}" for i in range(VOCAB - 5)]

@@ -3,6 +3,7 @@
 Works with transformers 4.x (heads through `prune_heads`) and 5.x (which dropped `prune_heads` but reshapes
 with -1, so slicing the projections is enough); `make_fixtures.py` runs it under transformers 5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,9 @@ import re
 import numpy as np
 import torch
 
-READS_HIDDEN = re.compile(r"(query|key|value|q_lin|k_lin|v_lin|intermediate\.dense|lin1|pooler\.dense|pre_classifier|classifier\.dense)$")
+READS_HIDDEN = re.compile(
+    r"(query|key|value|q_lin|k_lin|v_lin|intermediate\.dense|lin1|pooler\.dense|pre_classifier|classifier\.dense)$"
+)
 WRITES_HIDDEN = re.compile(r"(attention\.output\.dense|out_lin|layer\.\d+\.output\.dense|lin2)$")
 
 

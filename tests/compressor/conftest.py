@@ -1,4 +1,5 @@
 """A tiny BERT classifier exported by optimum, with a real tokenizer and labelled calibration files beside it."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """--keep turned into kept units: within 1% of the request, and clear errors for what cannot be reached."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Calibration files of every supported kind, and the one-line errors for the ones that cannot be used."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """`compress inspect` through the real console entry point: output for people, JSON for machines, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,17 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, make, message):
 def test_compress_writes_model_and_report_beside_the_input(tiny_folder, tmp_path):
     model = tmp_path / "model.onnx"
     model.write_bytes((tiny_folder / "model.onnx").read_bytes())
-    result = compress(str(model), "--keep", "0.5", "--calib", str(tiny_folder / "calib.tsv"), "--tokenizer",
-                      str(tiny_folder), "--method", "magnitude")
+    result = compress(
+        str(model),
+        "--keep",
+        "0.5",
+        "--calib",
+        str(tiny_folder / "calib.tsv"),
+        "--tokenizer",
+        str(tiny_folder),
+        "--method",
+        "magnitude",
+    )
     assert result.returncode == 0, result.stderr
     assert "encoder weights kept: 0.5" in result.stdout and "prediction agreement" in result.stdout
     output = tmp_path / "model.keep0.5.onnx"
@@ -94,8 +104,16 @@ def test_folder_output_loads_with_optimum_and_transformers(tiny_folder, tmp_path
     from transformers import AutoTokenizer
 
     out = tmp_path / "compressed"
-    result = compress(str(tiny_folder / "model.onnx"), "--keep", "0.6", "--calib", str(tiny_folder / "calib.csv"),
-                      "--out", str(out), "--quiet")
+    result = compress(
+        str(tiny_folder / "model.onnx"),
+        "--keep",
+        "0.6",
+        "--calib",
+        str(tiny_folder / "calib.csv"),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert (out / "report.json").exists()
@@ -127,20 +145,39 @@ def test_eval_json(tiny_folder):
         (["--calib", "{folder}/calib.tsv", "--method", "best"], "unknown --method 'best'"),
         (["--calib", "{folder}/calib.tsv", "--granularity", "heads"], "cannot be reached by pruning heads"),
     ],
-    ids=["keep-high", "keep-zero", "out-is-input", "calib-missing", "calib-empty", "labels-not-numbers",
-         "no-column", "method", "unreachable"],
+    ids=[
+        "keep-high",
+        "keep-zero",
+        "out-is-input",
+        "calib-missing",
+        "calib-empty",
+        "labels-not-numbers",
+        "no-column",
+        "method",
+        "unreachable",
+    ],
 )
 def test_bad_compress_input_is_one_line_exit_2_nothing_written(tiny_folder, tmp_path, args, message):
     folder = tmp_path / "m"
     folder.mkdir()
-    for name in ("model.onnx", "calib.tsv", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in (
+        "model.onnx",
+        "calib.tsv",
+        "vocab.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         (folder / name).write_bytes((tiny_folder / name).read_bytes())
     (folder / "empty.tsv").write_text("sentence\tlabel\n")
     (folder / "words.tsv").write_text("sentence\tlabel\nw1 w2\tgood\n")
     before = {p: p.read_bytes() for p in folder.iterdir()}
     filled = [a.format(model=folder / "model.onnx", folder=folder) for a in args]
-    result = compress(str(folder / "model.onnx"), "--keep", "0.5", *filled) if args[0] != "--keep" else compress(
-        str(folder / "model.onnx"), *filled)
+    result = (
+        compress(str(folder / "model.onnx"), "--keep", "0.5", *filled)
+        if args[0] != "--keep"
+        else compress(str(folder / "model.onnx"), *filled)
+    )
     assert result.returncode == 2, result.stdout
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert {p: p.read_bytes() for p in folder.iterdir()} == before
@@ -158,7 +195,8 @@ def test_main_job_compresses_the_embedded_default_model(tmp_path):
 
 def test_npz_that_does_not_match_the_model_is_refused(tiny_folder, tmp_path):
     np.savez(tmp_path / "calib.npz", input_ids=np.zeros((4, 5), dtype=np.int64))
-    result = compress(str(tiny_folder / "model.onnx"), "--calib", str(tmp_path / "calib.npz"), "--out",
-                      str(tmp_path / "o.onnx"))
+    result = compress(
+        str(tiny_folder / "model.onnx"), "--calib", str(tmp_path / "calib.npz"), "--out", str(tmp_path / "o.onnx")
+    )
     assert result.returncode == 2 and "no array 'attention_mask'" in result.stderr
     assert not (tmp_path / "o.onnx").exists()

@@ -1,4 +1,5 @@
 """`compress` end to end through the Python API, on tiny models and on the real SST-2 model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,13 @@ def test_every_method_compresses_to_the_budget(tiny_folder, method):
     assert report["encoder_weights"]["after"] < report["encoder_weights"]["before"]
     assert report["file_bytes"]["after"] < report["file_bytes"]["before"]
     assert 0 <= report["fidelity"]["prediction_agreement"] <= 1 and report["fidelity"]["samples"] == 24
-    assert report["calibration"] == {"source": str(tiny_folder / "calib.tsv"), "samples": 120, "scored": 96,
-                                     "held_out": 24, "held_out_disjoint": True}
+    assert report["calibration"] == {
+        "source": str(tiny_folder / "calib.tsv"),
+        "samples": 120,
+        "scored": 96,
+        "held_out": 24,
+        "held_out_disjoint": True,
+    }
     assert report["top_signal"] == ("label" if method in ("mi", "wanda") else None)
     assert set(report["seconds"]) >= {"capture", "scoring", "prune", "validate", "fidelity"}
     heads = [g["units_after"] for g in report["groups"] if g["kind"] == "heads"]

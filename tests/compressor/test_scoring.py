@@ -1,4 +1,5 @@
 """The Gaussian MI estimates against closed forms, and the elimination's preference for non-redundant units."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,14 @@ def test_elimination_drops_a_duplicate_before_a_weaker_unique_unit():
     duplicate alone carries more (1.25 nats against 0.51), but losing one costs only 0.32 while the other stays."""
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((2, 50_000))
-    units = np.stack([a + 0.3 * rng.standard_normal(50_000), a + 0.3 * rng.standard_normal(50_000),
-                      0.8 * b + 0.6 * rng.standard_normal(50_000)], axis=1)
+    units = np.stack(
+        [
+            a + 0.3 * rng.standard_normal(50_000),
+            a + 0.3 * rng.standard_normal(50_000),
+            0.8 * b + 0.6 * rng.standard_normal(50_000),
+        ],
+        axis=1,
+    )
     targets = np.stack([a, b], axis=1)
     cov = np.cov(np.hstack([units, targets]).T)
     system = _conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:])
@@ -56,8 +63,10 @@ def test_loss_is_summed_over_systems():
     """The hidden stream informs several layers: a channel useless to one but vital to another is kept."""
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((2, 30_000))
-    units = np.stack([a + 0.5 * rng.standard_normal(30_000), b + 0.5 * rng.standard_normal(30_000),
-                      rng.standard_normal(30_000)], axis=1)
+    units = np.stack(
+        [a + 0.5 * rng.standard_normal(30_000), b + 0.5 * rng.standard_normal(30_000), rng.standard_normal(30_000)],
+        axis=1,
+    )
     systems = []
     for target in (a, b):
         cov = np.cov(np.hstack([units, target[:, None]]).T)

@@ -1,4 +1,5 @@
 """The groups found in every export style of every architecture, and what blocks pruning."""
+
 from __future__ import annotations
 
 import numpy as np

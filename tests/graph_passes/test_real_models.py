@@ -1,4 +1,5 @@
 """The graph-pass tests on real weights: the shared MiniLM SST-2 model and the embedded default model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,9 @@ def random_masks(analysis, seed: int, hidden: bool) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def shared(shared_model_dir):
-    return analyze(load_model(shared_model_dir / "model.onnx")), real_models.torch_twin_of_optimum_export(shared_model_dir)
+    return analyze(load_model(shared_model_dir / "model.onnx")), real_models.torch_twin_of_optimum_export(
+        shared_model_dir
+    )
 
 
 def test_real_minilm_sst2_groups(shared):

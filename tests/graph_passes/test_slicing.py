@@ -1,4 +1,5 @@
 """Masks applied to exported graphs compute what the same pruning computes in torch."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -151,9 +152,15 @@ def test_shape_targets_shared_between_layers_get_per_layer_sizes(export_cache):
     targets = {4: np.array([0, 0, 4, 16], dtype=np.int64), 3: np.array([0, 0, 64], dtype=np.int64)}
     rewired = 0
     for node in shared.graph.node:
-        if node.op_type == "Reshape" and values[node.input[0]].ndim in (3, 4) and values[node.output[0]].ndim in targets:
+        if (
+            node.op_type == "Reshape"
+            and values[node.input[0]].ndim in (3, 4)
+            and values[node.output[0]].ndim in targets
+        ):
             rank = values[node.output[0]].ndim
-            if (rank == 4 and values[node.output[0]].shape[2:] == (4, 16)) or (rank == 3 and values[node.input[0]].ndim == 4):
+            if (rank == 4 and values[node.output[0]].shape[2:] == (4, 16)) or (
+                rank == 3 and values[node.input[0]].ndim == 4
+            ):
                 node.input[1] = f"shared_target_{rank}"
                 rewired += 1
     assert rewired == 2 * 4  # Q, K, V splits and one merge per layer

@@ -1,5 +1,6 @@
 """Exports made under transformers 5 (Reshape with -1, IsNaN/Where mask code), checked against torch outputs
 recorded when the fixtures were made (`tests/fixtures/make_transformers5_fixtures.py`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,7 @@ def recorded(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
 
 def feeds(data: dict[str, np.ndarray], shape: str) -> dict[str, np.ndarray]:
     prefix = f"feed:{shape}:"
-    return {key[len(prefix):]: value for key, value in data.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in data.items() if key.startswith(prefix)}
 
 
 def test_fixtures_are_present():
