@@ -28,36 +28,49 @@ from compressor.scoring import METHODS
 from graph_passes import load_model
 
 KEEPS = (0.8, 0.6, 0.4)
-GRANULARITIES = ("heads,ffn", "ffn", "heads", "heads,ffn,hidden")
+DEFAULT_GRANULARITY = "heads,ffn"
+GRANULARITIES = (DEFAULT_GRANULARITY, "ffn", "heads", "heads,ffn,hidden")
 PACKAGES = ("onnxruntime", "onnx", "numpy", "transformers", "torch")
 
 
 def accuracy_table(model: Path, calib: Path, data: Path, samples: int) -> list[dict]:
+    """Every granularity with recovery (the default); the default granularity also without it."""
     rows = []
     for granularity in GRANULARITIES:
-        for keep in KEEPS:
-            for method in METHODS:
-                rows.append(_one(model, calib, data, samples, granularity, keep, method))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for recover in (True, False) if granularity == DEFAULT_GRANULARITY else (True,):
+            for keep in KEEPS:
+                for method in METHODS:
+                    rows.append(_one(model, calib, data, samples, granularity, keep, method, recover))
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
-def _one(model: Path, calib: Path, data: Path, samples: int, granularity: str, keep: float, method: str) -> dict:
-    row = {"granularity": granularity, "keep": keep, "method": method}
+def _one(
+    model: Path, calib: Path, data: Path, samples: int, granularity: str, keep: float, method: str, recover: bool
+) -> dict:
+    row = {"granularity": granularity, "recover": recover, "keep": keep, "method": method}
     start = time.perf_counter()
     try:
         result = compress(
-            model / "model.onnx", calib, keep=keep, method=method, granularity=granularity.split(","), samples=samples
+            model / "model.onnx",
+            calib,
+            keep=keep,
+            method=method,
+            granularity=granularity.split(","),
+            samples=samples,
+            recover=recover,
         )
     except BudgetError:
         return {**row, "accuracy": None}
     metrics = evaluate_file(result.model, data, model, None, None, 64)
+    recovery = result.report["recovery"]
     return {
         **row,
         "accuracy": metrics["accuracy"],
         "f1": metrics["f1"],
         "agreement": result.report["fidelity"]["prediction_agreement"],
         "keep_achieved": result.report["keep_achieved"],
+        "recovery_kept": recovery["kept"] if recovery else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -108,41 +121,51 @@ def render(
         f"Model `{model.name}`; calibration: {samples} samples drawn from `{calib.name}` (seeded), "
         f"of which a fifth is held out for the fidelity check; accuracy on all of `{data.name}`.",
         "",
-        "## Accuracy by scoring method (no recovery)",
+        "## Accuracy by scoring method, with and without recovery",
         "",
         f"Original model: **{original:.4f}**. `--keep` is the fraction of the encoder's prunable weights kept "
-        "(Q, K, V, attention output, FFN up and down); n/a: that granularity cannot reach that keep.",
+        "(Q, K, V, attention output, FFN up and down); n/a: that granularity cannot reach that keep. Recovery (on by "
+        "default) refits the projections after pruned units by least squares; `--no-recover` turns it off.",
         "",
     ]
-    for granularity in GRANULARITIES:
-        lines += [
-            f"### granularity `{granularity}`",
-            "",
-            "| keep | " + " | ".join(METHODS) + " |",
-            "|---|" + "---|" * len(METHODS),
-        ]
-        for keep in KEEPS:
-            cells = []
-            for method in METHODS:
-                row = next(r for r in rows if (r["granularity"], r["keep"], r["method"]) == (granularity, keep, method))
-                cells.append("n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}")
-            best = max((c for c in cells if c != "n/a"), default=None)
-            cells = [f"**{c}**" if c == best else c for c in cells]
-            lines.append(f"| {keep} | " + " | ".join(cells) + " |")
-        lines.append("")
+    tables = [(DEFAULT_GRANULARITY, True), (DEFAULT_GRANULARITY, False)]
+    tables += [(g, True) for g in GRANULARITIES if g != DEFAULT_GRANULARITY]
+    for granularity, recover in tables:
+        lines += _table(rows, granularity, recover)
     lines += [
-        "## Cost of `compress` (keep 0.4, method mi, default granularity)",
+        "## Cost of `compress` (keep 0.4, method mi, default granularity, recovery on)",
         "",
-        "| calibration samples | wall s | max RSS MB | capture s | scoring s |",
-        "|---|---|---|---|---|",
+        "| calibration samples | wall s | max RSS MB | capture s | scoring s | recovery s | recovery share |",
+        "|---|---|---|---|---|---|---|",
     ]
     for cost in costs:
+        stages = cost["stages"]
+        share = stages["recovery"] / sum(stages.values())
         lines.append(
             f"| {cost['samples']} | {cost['wall_seconds']} | {cost['max_rss_mb']} | "
-            f"{cost['stages']['capture']} | {cost['stages']['scoring']} |"
+            f"{stages['capture']} | {stages['scoring']} | {stages['recovery']} | {share:.0%} |"
         )
     lines += ["", "Raw rows: `bench/results/method_comparison.json`.", ""]
     return "\n".join(lines)
+
+
+def _table(rows: list[dict], granularity: str, recover: bool) -> list[str]:
+    lines = [
+        f"### granularity `{granularity}`, recovery {'on' if recover else 'off'}",
+        "",
+        "| keep | " + " | ".join(METHODS) + " |",
+        "|---|" + "---|" * len(METHODS),
+    ]
+    for keep in KEEPS:
+        cells = []
+        for method in METHODS:
+            key = (granularity, recover, keep, method)
+            row = next(r for r in rows if (r["granularity"], r["recover"], r["keep"], r["method"]) == key)
+            cells.append("n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}")
+        best = max((c for c in cells if c != "n/a"), default=None)
+        cells = [f"**{c}**" if c == best else c for c in cells]
+        lines.append(f"| {keep} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _cpu() -> str:

@@ -44,6 +44,7 @@ class Calibration:
     tokenizer: object | None = None
     max_length: int = 128
     source: str = ""
+    lengths: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts else len(next(iter(self.arrays.values())))
@@ -59,6 +60,23 @@ class Calibration:
         for start in range(0, len(indices), batch_size):
             chosen = list(indices[start : start + batch_size])
             yield self._feeds(chosen)
+
+    def by_length(self, indices: Sequence[int]) -> list[int]:
+        """`indices` ordered by token count, so that batches pad little (the order of rows never matters to moments)."""
+        lengths = self._lengths()
+        return sorted(indices, key=lambda i: (lengths[i], i))
+
+    def _lengths(self) -> np.ndarray:
+        if self.lengths is None:
+            if self.texts:
+                columns = [list(c) for c in zip(*self.texts)]
+                encoded = self.tokenizer(*columns, truncation=True, max_length=self.max_length)["input_ids"]
+                self.lengths = np.array([len(ids) for ids in encoded])
+            elif "attention_mask" in self.arrays:
+                self.lengths = np.asarray(self.arrays["attention_mask"]).sum(axis=1)
+            else:
+                self.lengths = np.zeros(len(self), dtype=int)
+        return self.lengths
 
     def _feeds(self, chosen: list[int]) -> dict[str, np.ndarray]:
         if not self.texts:

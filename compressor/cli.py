@@ -73,6 +73,9 @@ def run(
     label_column: LabelOpt = None,
     batch_size: Annotated[int, typer.Option(help="samples per ONNX Runtime run")] = 32,
     seed: Annotated[int, typer.Option(help="seed for sampling, held-out split and --method random")] = 0,
+    recover: Annotated[
+        bool, typer.Option("--recover/--no-recover", help="refit the projections after pruned units by least squares")
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
 ) -> None:
     """Compress MODEL into a smaller dense ONNX model that keeps KEEP of its encoder weights."""
@@ -92,6 +95,7 @@ def run(
             label_column=label_column,
             batch_size=batch_size,
             seed=seed,
+            recover=recover,
             quiet=quiet,
         )
     except USER_ERRORS as exc:
@@ -163,12 +167,8 @@ def _print_report(report: dict, report_file: Path) -> None:
         f"encoder weights kept: {report['keep_achieved']:.3f} ({weights['after']:,} of {weights['before']:,}); "
         f"method {report['method']}, top signal {report['top_signal'] or '-'}",
         f"heads per layer: {heads}   FFN neurons per layer: {ffn}" + (f"   hidden: {hidden[0]}" if hidden else ""),
-        f"fidelity on {fid['samples']} held-out samples: mean cosine {fid['mean_cosine']:.3f}"
-        + (
-            f", prediction agreement {fid['prediction_agreement']:.3f}"
-            if fid["prediction_agreement"] is not None
-            else ""
-        ),
+        f"fidelity on {fid['samples']} held-out samples: {_fidelity_text(fid)}",
+        *_recovery_lines(report),
         f"time: {sum(report['seconds'].values()):.1f} s ("
         + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())
         + ")",
@@ -176,6 +176,27 @@ def _print_report(report: dict, report_file: Path) -> None:
     ]
     for line in lines:
         console.print(line, markup=False, highlight=False)
+
+
+def _fidelity_text(fid: dict) -> str:
+    agreement = fid["prediction_agreement"]
+    return f"mean cosine {fid['mean_cosine']:.3f}" + (
+        f", prediction agreement {agreement:.3f}" if agreement is not None else ""
+    )
+
+
+def _recovery_lines(report: dict) -> list[str]:
+    recovery = report["recovery"]
+    if recovery is None:
+        return ["recovery: off (--no-recover)"]
+    refits = recovery["projections"]
+    if not recovery["kept"]:
+        return [f"recovery: not kept (the refit {len(refits)} projections did not bring the outputs closer)"]
+    applied = sum(r["applied"] for r in refits)
+    return [
+        f"recovery: refit {applied} of {len(refits)} projections by least squares; "
+        f"without it: {_fidelity_text(report['fidelity']['without_recovery'])}"
+    ]
 
 
 def _print_summary(summary: dict) -> None:

@@ -28,7 +28,7 @@ def compare(
     """Mean cosine between the two models' first outputs (per sentence, or per unpadded token), and for classifiers
     the fraction of samples on which the predicted class agrees."""
     cosines, agree = [], []
-    for feeds in calibration.batches(indices, batch_size):
+    for feeds in calibration.batches(calibration.by_length(indices), batch_size):
         a, b = original.run(None, feeds)[0], compressed.run(None, feeds)[0]
         if a.ndim == 3:
             mask = token_mask(feeds)

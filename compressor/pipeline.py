@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compressor import budget, fidelity, scoring
+from compressor import budget, fidelity, recovery, scoring
 from compressor import calibration as calib
 from compressor.capture import capture
 from compressor.errors import CompressorError
@@ -54,12 +54,14 @@ def compress(
     label_column: str | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    recover: bool = True,
     quiet: bool = True,
 ) -> CompressionResult:
     """Prune `model` to keep `keep` of its encoder's prunable weights; return the model and its report.
 
     `calibration` is a file (.tsv/.csv/.jsonl/.npz), a list of texts, a dict of input arrays, or None for a synthetic
-    fallback (with a warning). The tokenizer defaults to the model's folder.
+    fallback (with a warning). The tokenizer defaults to the model's folder. With `recover`, the projections that read
+    pruned units are refit by least squares on the calibration activations (`compressor.recovery`).
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -90,19 +92,32 @@ def compress(
     stats = None
     if method in ("mi", "wanda"):
         with reporter.stage("capturing activations", len(scored)) as advance:
-            stats = capture(analysis, data, scored, batch_size, advance)
+            stats = capture(analysis, data, data.by_length(scored), batch_size, advance)
     start = timer.stage("capture", start)
     masks = scoring.choose_masks(method, analysis, counts, stats, seed)
     start = timer.stage("scoring", start)
     pruned = apply_masks(analysis, masks)
     start = timer.stage("prune", start)
+    recovered = None
+    if recover:
+        sliced = pruned
+        with reporter.stage("refitting projections", len(recovery.projections(analysis, masks))) as advance:
+            recovered = recovery.recover(analysis, sliced, masks, data, scored, batch_size, advance)
+        pruned = recovered.model
+        start = timer.stage("recovery", start)
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
-    fidelity_report = fidelity.compare(fidelity.session(source), compressed_session, data, held_out, batch_size)
+    original_session = fidelity.session(source)
+    fidelity_report = fidelity.compare(original_session, compressed_session, data, held_out, batch_size)
+    if recover:
+        fidelity_report["without_recovery"] = fidelity.compare(
+            original_session, fidelity.session(sliced), data, held_out, batch_size
+        )
     timer.stage("fidelity", start)
     report = build_report(
         analysis, pruned, masks, keep, method, granularity, data, scored, held_out, stats, fidelity_report, timer
     )
+    report["recovery"] = None if recovered is None else recovered.summary()
     return CompressionResult(pruned, report, masks)
 
 

@@ -3,8 +3,9 @@
 from graph_passes.channel_groups import ChannelGroup, GraphAnalysis, Member, analyze, require_prunable
 from graph_passes.dims import Blocker
 from graph_passes.errors import GraphPassError, MaskError, NotOnnxError, UnsupportedGraphError
-from graph_passes.model_io import load_model
-from graph_passes.slicing import apply_masks
+from graph_passes.model_io import load_model, normalize, share_equal_initializers
+from graph_passes.slicing import apply_masks, kept_along
+from graph_passes.weight_edits import initializer_behind, linear_bias, replace_initializers, truncated
 
 __all__ = [
     "Blocker",
@@ -17,6 +18,13 @@ __all__ = [
     "UnsupportedGraphError",
     "analyze",
     "apply_masks",
+    "initializer_behind",
+    "kept_along",
+    "linear_bias",
     "load_model",
+    "normalize",
+    "replace_initializers",
     "require_prunable",
+    "share_equal_initializers",
+    "truncated",
 ]

@@ -34,6 +34,13 @@ def apply_masks(
     return model
 
 
+def kept_along(analysis: GraphAnalysis, masks: Mapping[str, np.ndarray], tensor: str, axis: int) -> np.ndarray:
+    """The indices of `tensor`'s `axis` (in the unpruned model) that `apply_masks(analysis, masks)` keeps."""
+    plan = _index_plan(analysis, masks, allow_interface_change=True)
+    kept = _axis_plan(analysis, plan, tensor, axis + 1).get(axis)
+    return np.arange(analysis.values[tensor].shape[axis]) if kept is None else kept
+
+
 def _index_plan(
     analysis: GraphAnalysis, masks: Mapping[str, np.ndarray], allow_interface_change: bool
 ) -> dict[int, np.ndarray]:

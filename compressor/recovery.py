@@ -1,0 +1,284 @@
+"""Recovery without retraining: refit the projections that read pruned units, by ridge least squares.
+
+Every projection that reads a layer's heads (the attention output projection) or FFN neurons (the down projection)
+is refit, layer by layer from the bottom, so that on calibration tokens it reproduces what the original model's
+projection produced from the original activations:
+
+    min over (W', b') of  E ‖ x W' + b' - (z W + b)[kept outputs] ‖²  +  λ ‖W'‖²
+
+x: the kept units as the pruned model computes them, every layer below already refit; z: all units as the original
+model computes them. Both come from ONNX Runtime runs of the two models cut down to one layer (fed with that layer's
+input as each model computed it), and only second moments are kept. λ is chosen on held-out calibration tokens;
+a refit that does not lower its held-out error is not applied, and refits that do not bring the model's output
+closer to the original's on those tokens are all dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from compressor.calibration import Calibration
+from compressor.capture import plan_capture, token_mask
+from compressor.fidelity import session
+from compressor.statistics import Moments
+from graph_passes import (
+    GraphAnalysis,
+    kept_along,
+    linear_bias,
+    normalize,
+    replace_initializers,
+    share_equal_initializers,
+    truncated,
+)
+
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept units
+CHECK_EVERY = 4  # every 4th calibration sample is held out to check each refit
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A weight that reads a pruned group: what it computed in the original model, and what is left of it."""
+
+    layer: int
+    kind: str
+    weight: str
+    activation: str
+    transposed: bool  # stored as (outputs, inputs): Gemm with transB
+    rows: np.ndarray  # kept input indices
+    target: np.ndarray  # original [W; b] as (all inputs + 1, kept outputs): y = [z, 1] @ target
+    has_bias: bool
+
+    def outputs(self, z: np.ndarray) -> np.ndarray:
+        """What the original projection made of the original activations z, at the kept outputs."""
+        return z @ self.target[:-1] + self.target[-1]
+
+    def sliced(self) -> np.ndarray:
+        """The pruned model's weights before any refit, as the (kept inputs [+ 1], kept outputs) solution."""
+        return self.target[np.append(self.rows, len(self.target) - 1)][: self.width]
+
+    @property
+    def width(self) -> int:
+        return len(self.rows) + self.has_bias
+
+
+@dataclass(frozen=True)
+class Refit:
+    layer: int
+    kind: str
+    weight: str
+    error_before: float  # held-out squared error relative to the original output's energy
+    error_after: float
+    ridge: float
+    applied: bool
+
+
+def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[Projection]:
+    """The projections to refit, bottom layer first, attention before FFN."""
+    found = []
+    for taps in plan_capture(analysis).layers:
+        for kind, group in (("heads", taps.heads), ("ffn", taps.ffn)):
+            for weight in analysis.group(group).readers:
+                linear = analysis.linear(weight)
+                matrix = analysis.values[weight].T if linear.in_axis == 1 else analysis.values[weight]
+                bias = linear_bias(analysis.model, weight)
+                bias_row = np.zeros(matrix.shape[1]) if bias is None else analysis.values[bias]
+                cols = kept_along(analysis, masks, weight, linear.out_axis)
+                found.append(
+                    Projection(
+                        layer=taps.layer,
+                        kind=kind,
+                        weight=weight,
+                        activation=linear.activation,
+                        transposed=linear.in_axis == 1,
+                        rows=kept_along(analysis, masks, weight, linear.in_axis),
+                        target=np.vstack([matrix, bias_row])[:, cols].astype(np.float64),
+                        has_bias=bias is not None,
+                    )
+                )
+    return found
+
+
+@dataclass
+class Recovery:
+    """The model to ship (refit, or the sliced one when refitting made the outputs worse) and what was done."""
+
+    model: onnx.ModelProto
+    refits: list[Refit]
+    output_error: dict[str, float]  # held-out mean squared error of the model's output: "sliced" and "refit"
+
+    @property
+    def kept(self) -> bool:
+        return self.output_error["refit"] < self.output_error["sliced"]
+
+    def summary(self) -> dict:
+        rows = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(r).items()} for r in self.refits]
+        error = {k: float(f"{v:.6g}") for k, v in self.output_error.items()}
+        return {"kept": self.kept, "output_error": error, "projections": rows}
+
+
+@dataclass(frozen=True)
+class Batch:
+    feeds: dict[str, np.ndarray]
+    tokens: np.ndarray  # unpadded positions
+    held_out: bool
+
+
+def recover(
+    analysis: GraphAnalysis,
+    pruned: onnx.ModelProto,
+    masks: dict[str, np.ndarray],
+    calibration: Calibration,
+    indices: Sequence[int],
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> Recovery:
+    """Refit, in graph order, every projection that reads pruned units.
+
+    Layer by layer, each model's input to the layer is kept per batch, so every run covers one layer only. Each
+    refit must lower its projection's held-out error; the whole must lower the held-out error of the model's output,
+    or the sliced model is returned unchanged.
+    """
+    model = normalize(pruned)
+    batches = _batches(calibration, indices, batch_size)
+    layers = plan_capture(analysis).layers
+    found = projections(analysis, masks)
+    original_state = pruned_state = None
+    refits = []
+    for position, taps in enumerate(layers):
+        cut = {} if position == 0 else {taps.hidden_tensor: analysis.values[taps.hidden_tensor].dtype}
+        after = [layers[position + 1].hidden_tensor] if position + 1 < len(layers) else []
+        mine = [p for p in found if p.layer == taps.layer]
+        targets, original_next = _targets(analysis.model, mine, after, cut, batches, original_state)
+        for projection, target in zip(mine, targets):
+            activations = _layer_outputs(model, [projection.activation], cut, batches, pruned_state)
+            fit, check = _moments(projection, batches, (a[0] for a in activations), target)
+            refit, weights = _refit(projection, fit, check)
+            if refit.applied:
+                _write(model, projection, weights)
+            refits.append(refit)
+            if progress:
+                progress(1)
+        if after:
+            original_state = original_next
+            pruned_state = [outputs[0] for outputs in _layer_outputs(model, after, cut, batches, pruned_state)]
+    share_equal_initializers(model)
+    held_out = [b for b in batches if b.held_out]
+    error = {name: _output_error(analysis.model, m, held_out) for name, m in (("sliced", pruned), ("refit", model))}
+    recovery = Recovery(model, refits, error)
+    return recovery if recovery.kept else Recovery(pruned, refits, error)
+
+
+def _output_error(original: onnx.ModelProto, model: onnx.ModelProto, batches: list[Batch]) -> float:
+    """Mean squared difference of the first output (at unpadded tokens when it has a sequence axis)."""
+    runs = [session(m) for m in (original, model)]
+    total, count = 0.0, 0
+    for batch in batches:
+        reference, output = (run.run(None, batch.feeds)[0] for run in runs)
+        if reference.ndim == 3:
+            reference, output = reference[batch.tokens], output[batch.tokens]
+        total += float(np.square(reference - output, dtype=np.float64).sum())
+        count += reference.size
+    return total / max(count, 1)
+
+
+def _batches(calibration: Calibration, indices: Sequence[int], batch_size: int) -> list[Batch]:
+    """Fit and held-out batches, each ordered by length; every CHECK_EVERY-th sample is held out."""
+    check = list(indices[::CHECK_EVERY])
+    held_out = set(check)
+    fit = [i for i in indices if i not in held_out] or check
+    return [
+        Batch(feeds, token_mask(feeds), part is check)
+        for part in (fit, check)
+        for feeds in calibration.batches(calibration.by_length(part), batch_size)
+    ]
+
+
+def _layer_outputs(
+    model: onnx.ModelProto,
+    names: list[str],
+    cut: dict[str, np.dtype],
+    batches: list[Batch],
+    state: list[np.ndarray] | None,
+) -> Iterator[list[np.ndarray]]:
+    """`names` computed batch by batch, from the layer's input in `state` (from the graph inputs when None)."""
+    run = session(truncated(model, names, cut))
+    inputs = [i.name for i in run.get_inputs()]
+    for index, batch in enumerate(batches):
+        feeds = {**batch.feeds, **({} if state is None else {name: state[index] for name in cut})}
+        yield run.run(names, {name: feeds[name] for name in inputs})
+
+
+def _targets(
+    original: onnx.ModelProto,
+    mine: list[Projection],
+    after: list[str],
+    cut: dict[str, np.dtype],
+    batches: list[Batch],
+    state: list[np.ndarray] | None,
+) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+    """Per projection and batch, the original projection's outputs at unpadded tokens; and the next layer's input."""
+    targets: list[list[np.ndarray]] = [[] for _ in mine]
+    following = []
+    names = [p.activation for p in mine] + after
+    for batch, outputs in zip(batches, _layer_outputs(original, names, cut, batches, state)):
+        for found, projection, z in zip(targets, mine, outputs):
+            found.append(projection.outputs(z[batch.tokens]))
+        following.extend(outputs[len(mine) :])
+    return targets, following
+
+
+def _moments(
+    projection: Projection, batches: list[Batch], activations: Iterator[np.ndarray], targets: list[np.ndarray]
+) -> tuple[Moments, Moments]:
+    """Moments of x (the pruned model's kept units) with partner y (the original projection's outputs), over the
+    unpadded tokens of the fit and of the held-out batches."""
+    fit, check = (Moments(len(projection.rows), projection.target.shape[1], track_partner=True) for _ in range(2))
+    for batch, x, y in zip(batches, activations, targets):
+        (check if batch.held_out else fit).add(x[batch.tokens], y)
+    return fit, check
+
+
+def _system(moments: Moments, width: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """E[x̃ x̃ᵀ], E[x̃ yᵀ] and E‖y‖², with x̃ = [x, 1] cut to its first `width` entries (no 1 without a bias)."""
+    n = max(moments.count, 1)
+    xx = np.block([[moments.gram, moments.total[:, None]], [moments.total[None, :], np.array([[n]])]]) / n
+    xy = np.vstack([moments.cross, moments.partner_total[None, :]]) / n
+    return xx[:width, :width], xy[:width], float(np.trace(moments.partner_gram)) / n
+
+
+def _squared_error(a: np.ndarray, xx: np.ndarray, xy: np.ndarray, yy: float) -> float:
+    """E ‖x̃ a - y‖² from second moments."""
+    return float(np.sum(a * (xx @ a)) - 2 * np.sum(a * xy) + yy)
+
+
+def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit, np.ndarray]:
+    """The ridge solution with the λ that does best on held-out tokens, and whether it beats the plain slice."""
+    inputs, width = len(projection.rows), projection.width
+    fit_xx, fit_xy, _ = _system(fit, width)
+    held_out = _system(check, width)
+    energy = max(held_out[2], 1e-30)
+    current = projection.sliced()
+    before = _squared_error(current, *held_out) / energy
+    penalty = np.diag((np.arange(width) < inputs).astype(float)) * max(float(np.mean(np.diag(fit_xx)[:inputs])), 1e-12)
+    best, best_error, best_ridge = current, before, 0.0
+    for ridge in RIDGES:
+        solved = np.linalg.solve(fit_xx + ridge * penalty, fit_xy)
+        if not np.isfinite(solved).all():
+            continue
+        error = _squared_error(solved, *held_out) / energy
+        if error < best_error:
+            best, best_error, best_ridge = solved, error, ridge
+    refit = Refit(projection.layer, projection.kind, projection.weight, before, best_error, best_ridge, best_ridge > 0)
+    return refit, best
+
+
+def _write(model: onnx.ModelProto, projection: Projection, weights: np.ndarray) -> None:
+    matrix = weights[: len(projection.rows)]
+    arrays = {projection.weight: matrix.T if projection.transposed else matrix}
+    if projection.has_bias:
+        arrays[linear_bias(model, projection.weight)] = weights[-1]
+    replace_initializers(model, arrays)

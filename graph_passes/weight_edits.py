@@ -1,0 +1,88 @@
+"""Edits that keep a graph's structure: cut it down to what some tensors need, find and replace linear weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.dtype] | None = None) -> onnx.ModelProto:
+    """A copy that computes only `outputs` (any tensors of the graph): nodes they do not depend on are dropped.
+
+    Tensors named in `cut` (with their element types) become graph inputs: what produced them is not computed,
+    their values are fed. The model's own graph inputs stay declared, so the same feeds work for every truncation.
+    """
+    cut = dict(cut or {})
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and name not in cut:
+            stack.extend(i for i in node.input if i)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    nodes = [n for n in graph.node if any(o in needed and o not in cut for o in n.output)]
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.node[:], graph.initializer[:], graph.output[:], graph.value_info[:]
+    graph.node.extend(nodes)
+    graph.input.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)
+        for name, dtype in cut.items()
+    )
+    graph.initializer.extend(initializers)
+    graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    return result
+
+
+def initializer_behind(model: onnx.ModelProto, name: str) -> str | None:
+    """The initializer that tensor `name` is, or is an Identity copy of (exporters deduplicate that way)."""
+    initializers = {t.name for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    while name not in initializers:
+        node = producer.get(name)
+        if node is None or node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return name
+
+
+def linear_bias(model: onnx.ModelProto, weight: str) -> str | None:
+    """The constant bias added to the output of the MatMul or Gemm that applies `weight`, if there is one.
+
+    The answer may be an Identity copy of an initializer: `initializer_behind` finds the initializer."""
+    node = next(n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] == weight)
+    if node.op_type == "Gemm":
+        return node.input[2] if len(node.input) > 2 and initializer_behind(model, node.input[2]) else None
+    initializers = {t.name: t for t in model.graph.initializer}
+    for consumer in model.graph.node:
+        if consumer.op_type == "Add" and node.output[0] in consumer.input:
+            other = next((i for i in consumer.input if i != node.output[0]), None)
+            source = initializer_behind(model, other) if other else None
+            if source is not None and len(initializers[source].dims) == 1:
+                return other
+    return None
+
+
+def replace_initializers(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> None:
+    """Give the initializers behind the named tensors new values (same element type), in place.
+
+    Each must be used by one node only (`normalize` makes it so), or its other users would change too."""
+    targets = {}
+    for name, value in arrays.items():
+        source = initializer_behind(model, name)
+        if source is None:
+            raise KeyError(f"{name!r} is not an initializer (nor an Identity copy of one)")
+        targets[source] = value
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name in targets:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            value = np.ascontiguousarray(targets[tensor.name], dtype=dtype)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))

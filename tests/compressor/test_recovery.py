@@ -1,0 +1,134 @@
+"""Recovery: least-squares refits checked against a direct solve, their safety, and their effect end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tiny_models
+from onnx import numpy_helper
+
+from compressor import compress
+from compressor.calibration import from_arrays
+from compressor.capture import capture_session, token_mask
+from compressor.fidelity import session
+from compressor.recovery import CHECK_EVERY, RIDGES, Recovery, projections, recover
+from graph_passes import analyze, apply_masks, initializer_behind, linear_bias, load_model
+
+STYLES = ["optimum-opset17", "torchscript-opset14", "dynamo-opset18"]
+
+
+def _setup(export_cache, arch: str, style: str, samples: int = 40):
+    _, path = export_cache(arch, "classifier", style)
+    analysis = analyze(load_model(path))
+    masks = {"heads[0]": np.array([True, False, True, False]), "ffn[1]": np.arange(96) % 3 == 0}
+    data = from_arrays(tiny_models.sample_inputs(arch, samples, 12, seed=7), analysis.model, samples)
+    return analysis, masks, data
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_first_refit_equals_a_direct_ridge_solve(export_cache):
+    """Layer 0's attention output projection: x from the pruned model, y = the original projection's output on the
+    original activations, over the fit tokens; the written weights solve the ridge system the report names."""
+    analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
+    pruned = apply_masks(analysis, masks)
+    indices = list(range(len(data)))
+    result = recover(analysis, pruned, masks, data, indices, batch_size=8)
+    recovered, refits = result.model, result.refits
+    assert result.kept
+    first = projections(analysis, masks)[0]
+    assert (refits[0].layer, refits[0].kind, refits[0].applied) == (0, "heads", True)
+
+    fit = [i for i in indices if i not in set(indices[::CHECK_EVERY])]
+    feeds = next(data.batches(fit, len(fit)))
+    tokens = token_mask(feeds)
+    x = capture_session(pruned, [first.activation]).run([first.activation], feeds)[0][tokens].astype(np.float64)
+    z = capture_session(analysis.model, [first.activation]).run([first.activation], feeds)[0][tokens]
+    y = first.outputs(z.astype(np.float64))
+    design = np.hstack([x, np.ones((len(x), 1))])
+    gram = design.T @ design / len(x)
+    penalty = np.diag(np.r_[np.ones(x.shape[1]), 0.0]) * np.mean(np.diag(gram)[:-1])
+    expected = np.linalg.solve(gram + refits[0].ridge * penalty, design.T @ y / len(x))
+
+    values = _initializers(recovered)
+    assert np.allclose(values[first.weight], expected[:-1], atol=1e-4)
+    assert np.allclose(
+        values[initializer_behind(recovered, linear_bias(recovered, first.weight))], expected[-1], atol=1e-4
+    )
+    assert refits[0].ridge in RIDGES
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_refits_lower_held_out_error_and_bring_outputs_closer(export_cache, arch, style):
+    analysis, masks, data = _setup(export_cache, arch, style, samples=60)
+    pruned = apply_masks(analysis, masks)
+    result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16)
+    recovered, refits = result.model, result.refits
+    onnx.checker.check_model(recovered)
+    assert len(refits) == 4  # attention output and FFN down projection of each of the 2 layers
+    assert any(r.applied for r in refits)
+    for refit in refits:
+        assert np.isfinite([refit.error_before, refit.error_after]).all()
+        assert refit.error_after < refit.error_before if refit.applied else refit.error_after == refit.error_before
+    feeds = next(data.batches(list(range(40, 60)), 20))
+    reference = session(analysis.model).run(None, feeds)[0]
+    gap = {
+        name: np.abs(session(m).run(None, feeds)[0] - reference).mean()
+        for name, m in [("sliced", pruned), ("recovered", recovered)]
+    }
+    assert result.kept and result.output_error["refit"] < result.output_error["sliced"]
+    assert gap["recovered"] < gap["sliced"]
+
+
+def test_nothing_pruned_leaves_the_outputs_as_they_were(export_cache):
+    analysis, _, data = _setup(export_cache, "roberta", "torchscript-opset14")
+    masks = {g.name: np.ones(g.units, dtype=bool) for g in analysis.groups if g.kind in ("heads", "ffn")}
+    recovered = recover(analysis, apply_masks(analysis, masks), masks, data, list(range(40)), batch_size=16).model
+    feeds = next(data.batches(list(range(10)), 10))
+    assert np.abs(session(recovered).run(None, feeds)[0] - session(analysis.model).run(None, feeds)[0]).max() < 1e-4
+
+
+def test_too_few_samples_for_the_unknowns_stay_finite(export_cache):
+    """Two sentences give fewer tokens than a down projection has inputs: the system is singular without the ridge."""
+    analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
+    result = recover(analysis, apply_masks(analysis, masks), masks, data, [0, 1], batch_size=2)
+    recovered, refits = result.model, result.refits
+    assert all(np.isfinite(v).all() for v in _initializers(recovered).values())
+    feeds = next(data.batches([5, 6], 2))
+    assert np.isfinite(session(recovered).run(None, feeds)[0]).all()
+    assert all(np.isfinite(r.error_after) for r in refits)
+
+
+def test_hidden_stream_pruning_is_refit_at_the_kept_channels(export_cache):
+    """With the hidden stream pruned, the refit weights keep the pruned shapes; whether the refit model is shipped
+    is decided by its output error on held-out samples, and the report says so."""
+    _, path = export_cache("distilbert", "classifier", "optimum-opset17")
+    feeds = tiny_models.sample_inputs("distilbert", 60, 10, seed=4)
+    result = compress(path, feeds, keep=0.5, granularity=("heads", "ffn", "hidden"))
+    recovery = result.report["recovery"]
+    assert any(r["applied"] for r in recovery["projections"])
+    assert recovery["kept"] == (recovery["output_error"]["refit"] < recovery["output_error"]["sliced"])
+    hidden = analyze(result.model).group("hidden").units
+    assert hidden == next(g["units_after"] for g in result.report["groups"] if g["kind"] == "hidden") < 64
+    assert "recovery" in result.report["seconds"]
+
+
+def test_a_refit_that_worsens_the_output_is_not_shipped(export_cache):
+    analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
+    pruned = apply_masks(analysis, masks)
+    result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16)
+    worse = Recovery(result.model, result.refits, {"sliced": 1.0, "refit": 2.0})
+    assert not worse.kept and worse.summary()["kept"] is False
+
+
+def test_no_recover_leaves_the_sliced_model(tiny_folder):
+    off = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5, recover=False)
+    on = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5)
+    assert on.report["recovery"]["kept"]
+    assert off.report["recovery"] is None and "without_recovery" not in off.report["fidelity"]
+    assert on.report["fidelity"]["without_recovery"] == off.report["fidelity"]
+    assert [n.op_type for n in off.model.graph.node] == [n.op_type for n in on.model.graph.node]
