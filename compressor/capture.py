@@ -2,8 +2,8 @@
 
 Per layer l the units are U_l = [head outputs (the attention output projection's input), FFN neurons (the down
 projection's input)]; the hidden stream is tapped where layer l reads it (the Q/K/V input) and where the head reads it.
-Rows are tokens, padding excluded; the top layer is also summarised at the first token (what a classifier reads)
-against the top signal T (labels, the model's own prediction, or the output vector of an encoder).
+Rows are tokens, padding excluded. A model with a head (a classifier or regressor) is also summarised where the head
+reads the stream, one row per sentence, against the top signal T: the labels, else the model's own prediction.
 """
 
 from __future__ import annotations
@@ -47,11 +47,10 @@ class CapturePlan:
 @dataclass
 class CapturedStats:
     plan: CapturePlan
-    layers: list[Moments]  # U_l rows against U_{l+1} (partner), tokens
+    layers: list[Moments]  # U_l, tokens
     hidden: list[Moments]  # h_l against U_l (partner), tokens
-    top_units: Moments  # U_{L-1} against T, at the rows the output is made from
-    top_hidden: Moments | None  # hidden as the head reads it, against T
-    top_kind: str  # "label", "prediction" or "output"
+    top_hidden: Moments | None  # hidden as the head reads it, against T; None for an encoder without a head
+    top_kind: str  # T: "label", "prediction" or "output"
 
 
 def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
@@ -115,41 +114,31 @@ def capture(
     names += [plan.output] + ([plan.top_hidden] if plan.top_hidden else [])
     session = capture_session(analysis.model, names)
     sizes = [t.size for t in plan.layers]
-    layers = [Moments(d, sizes[i + 1] if i + 1 < len(sizes) else 0) for i, d in enumerate(sizes)]
+    layers = [Moments(d) for d in sizes]
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
     hidden = [Moments(hidden_size, d) for d in sizes]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
-    top_units = Moments(sizes[-1], top_dim, track_partner=True)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden else None
     done = 0
     for feeds in calibration.batches(indices, batch_size):
         outputs = dict(zip(names, session.run(names, feeds)))
         mask = token_mask(feeds)
-        units = [_units(outputs, t, mask) for t in plan.layers]
-        for i, moments in enumerate(layers):
-            moments.add(units[i], units[i + 1] if i + 1 < len(units) else None)
-            hidden[i].add(outputs[plan.layers[i].hidden_tensor][mask], units[i])
-        labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + len(mask)])]
-        top = _top_rows(outputs[plan.output], labels, top_dim, top_kind, mask, plan.sentence_output)
-        last = plan.layers[-1]
-        if plan.sentence_output:
-            top_units.add(_units(outputs, last, None), top)
-            if top_hidden is not None:
-                top_hidden.add(outputs[plan.top_hidden], top)
-        else:
-            top_units.add(units[-1], top)
+        for taps, moments, stream in zip(plan.layers, layers, hidden):
+            units = _units(outputs, taps, mask)
+            moments.add(units)
+            stream.add(outputs[taps.hidden_tensor][mask], units)
+        if top_hidden is not None:
+            labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + len(mask)])]
+            top_hidden.add(outputs[plan.top_hidden], _top_rows(outputs[plan.output], labels, top_dim, top_kind))
         done += len(mask)
         if progress:
             progress(len(mask))
-    return CapturedStats(plan, layers, hidden, top_units, top_hidden, top_kind)
+    return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output")
 
 
-def _units(outputs: dict[str, np.ndarray], taps: LayerTaps, mask: np.ndarray | None) -> np.ndarray:
-    """U_l rows: at unpadded tokens, or at the first token of each sentence when `mask` is None."""
-    parts = [outputs[taps.heads_tensor], outputs[taps.ffn_tensor]]
-    if mask is None:
-        return np.concatenate([p[:, 0] for p in parts], axis=1)
-    return np.concatenate([p[mask] for p in parts], axis=1)
+def _units(outputs: dict[str, np.ndarray], taps: LayerTaps, mask: np.ndarray) -> np.ndarray:
+    """U_l rows at unpadded tokens: head outputs, then FFN neurons."""
+    return np.concatenate([outputs[taps.heads_tensor][mask], outputs[taps.ffn_tensor][mask]], axis=1)
 
 
 def _top_signal_shape(analysis: GraphAnalysis, plan: CapturePlan, calibration: Calibration) -> tuple[int, str]:
@@ -163,11 +152,8 @@ def _top_signal_shape(analysis: GraphAnalysis, plan: CapturePlan, calibration: C
     return width, "prediction" if width > 1 else "output"
 
 
-def _top_rows(
-    output: np.ndarray, labels: np.ndarray | None, dim: int, kind: str, mask: np.ndarray, sentence_output: bool
-) -> np.ndarray:
-    if not sentence_output:
-        return output[mask]
+def _top_rows(output: np.ndarray, labels: np.ndarray | None, dim: int, kind: str) -> np.ndarray:
+    """One row per sentence: the label (one-hot for classes), the predicted class (one-hot), or the output."""
     if kind == "label" and labels is not None and np.issubdtype(labels.dtype, np.integer):
         return np.eye(dim)[labels]
     if kind == "label":

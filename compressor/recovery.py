@@ -54,7 +54,8 @@ class Projection:
 
     def outputs(self, z: np.ndarray) -> np.ndarray:
         """What the original projection made of the original activations z, at the kept outputs."""
-        return z @ self.target[:-1] + self.target[-1]
+        weights = self.target.astype(z.dtype)
+        return z @ weights[:-1] + weights[-1]
 
     def sliced(self) -> np.ndarray:
         """The pruned model's weights before any refit, as the (kept inputs [+ 1], kept outputs) solution."""
@@ -236,7 +237,7 @@ def _moments(
 ) -> tuple[Moments, Moments]:
     """Moments of x (the pruned model's kept units) with partner y (the original projection's outputs), over the
     unpadded tokens of the fit and of the held-out batches."""
-    fit, check = (Moments(len(projection.rows), projection.target.shape[1], track_partner=True) for _ in range(2))
+    fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
     for batch, x, y in zip(batches, activations, targets):
         (check if batch.held_out else fit).add(x[batch.tokens], y)
     return fit, check
@@ -247,7 +248,7 @@ def _system(moments: Moments, width: int) -> tuple[np.ndarray, np.ndarray, float
     n = max(moments.count, 1)
     xx = np.block([[moments.gram, moments.total[:, None]], [moments.total[None, :], np.array([[n]])]]) / n
     xy = np.vstack([moments.cross, moments.partner_total[None, :]]) / n
-    return xx[:width, :width], xy[:width], float(np.trace(moments.partner_gram)) / n
+    return xx[:width, :width], xy[:width], moments.partner_squares / n
 
 
 def _squared_error(a: np.ndarray, xx: np.ndarray, xy: np.ndarray, yy: float) -> float:

@@ -1,17 +1,19 @@
 """Unit scores and masks: top-down mutual information, and the baselines a user compares with.
 
-MI (Fan et al., EMNLP 2021), Gaussian estimate from streamed covariances: I(X; Y) = 1/2 [log det Σ_X - log det Σ_X|Y]
-(for one unit, -1/2 log(1 - R²) with R² from regressing it on Y). Layers are decided from the top signal down,
-each against what the layer above kept; a head is scored as a block. The hidden stream, one group for the whole
-encoder, is scored against the kept units of every layer that reads it and against the top signal.
+MI (after Fan et al., EMNLP 2021), Gaussian estimates from streamed covariances. Layers are decided from the top
+down, each against what the kept units of the layer above read from it; a head is scored as a block. The hidden
+stream, one group for the whole encoder, is scored by I(X; Y) = 1/2 [log det Σ_X - log det Σ_X|Y] against the kept
+units of every layer that reads it and against the top signal.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from compressor.capture import CapturedStats
-from graph_passes import ChannelGroup, GraphAnalysis
+from compressor.capture import CapturedStats, LayerTaps
+from graph_passes import ChannelGroup, GraphAnalysis, kept_along
 
 METHODS = ("mi", "magnitude", "wanda", "random")
 RIDGE = 1e-3  # relative to the mean variance: keeps every solve well conditioned
@@ -30,30 +32,32 @@ def top_k(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, np.ndarray]:
-    """Top-down: the top layer against the top signal, each layer below against what the layer above kept.
+    """Top-down: the top layer against what it writes, each layer below against what the layer above kept reads.
 
-    Within a layer, heads and neurons are removed in a few rounds, each round dropping the units whose removal costs
-    the least information about the kept set above: I(U; Y) - I(U without u; Y), which for a Gaussian is
-    1/2 [log det (Σ_U|Y)⁻¹_uu - log det (Σ_U)⁻¹_uu]. Unlike each unit's own I(u; Y), this does not keep two units
-    that carry the same information.
+    A layer's units U reach the layer above as T = U W R: W its output projections (attention output, FFN down),
+    R the projections through which the kept units above read the stream (their Q, K, V and FFN up columns; the
+    identity at the top). Through a Gaussian channel Y = T + N, N ~ N(0, σ²I), removing block b from the kept set
+    loses I(U; Y) - I(U without b; Y) ≈ tr(Σ_b|rest · (W R)_b (W R)_bᵀ) / 2σ² at low signal-to-noise: the variance
+    the layer above would read from b that the remaining units cannot explain. σ² is common to a layer, so it does
+    not change the ranking. Heads and neurons are removed in a few rounds; unlike a score per unit, the conditional
+    variance does not keep two units that carry the same information.
     """
     masks: dict[str, np.ndarray] = {}
-    kept_above = np.array([], dtype=int)
-    hidden_kept: list[np.ndarray] = [kept_above] * len(stats.plan.layers)
-    for i in reversed(range(len(stats.plan.layers))):
-        taps = stats.plan.layers[i]
-        marginal, conditional = _conditioned(*_layer_system(stats, i, kept_above))
+    layers = stats.plan.layers
+    hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)
+    for i in reversed(range(len(layers))):
+        taps = layers[i]
         width = taps.heads_size // analysis.group(taps.heads).units
         blocks = [np.arange(b * width, (b + 1) * width) for b in range(taps.heads_size // width)]
         blocks += [np.array([taps.heads_size + j]) for j in range(taps.ffn_size)]
         owner = np.array([0] * (taps.heads_size // width) + [1] * taps.ffn_size)
         targets = [counts.get(taps.heads, taps.heads_size // width), counts.get(taps.ffn, taps.ffn_size)]
-        alive = _eliminate([(marginal, conditional)], blocks, owner, targets)
+        read = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
+        alive = _eliminate([ReadLoss(_ridge(stats.layers[i].covariance()), read @ read.T)], blocks, owner, targets)
         masks[taps.heads], masks[taps.ffn] = alive[owner == 0], alive[owner == 1]
-        kept_above = np.concatenate([blocks[b] for b in np.flatnonzero(alive)])
-        hidden_kept[i] = kept_above
+        hidden_kept[i] = np.concatenate([blocks[b] for b in np.flatnonzero(alive)])
     if "hidden" in counts:
-        systems = _hidden_systems(stats, hidden_kept)
+        systems = [InformationLoss(*pair) for pair in _hidden_systems(stats, hidden_kept)]
         channels = stats.hidden[0].dim
         masks["hidden"] = _eliminate(
             systems, [np.array([c]) for c in range(channels)], np.zeros(channels, dtype=int), [counts["hidden"]]
@@ -61,17 +65,68 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
     return {name: mask for name, mask in masks.items() if name in counts}
 
 
-def _layer_system(stats: CapturedStats, i: int, kept_above: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Σ_U, Σ_UY, Σ_Y) for layer i: against the top signal at the top, else against the kept units above."""
-    if i == len(stats.plan.layers) - 1:
-        top = stats.top_units
-        return top.covariance(), top.cross_covariance(), top.partner_covariance()
-    cross = stats.layers[i].cross_covariance()[:, kept_above]
-    return stats.layers[i].covariance(), cross, stats.layers[i + 1].covariance()[np.ix_(kept_above, kept_above)]
+def _read_through(
+    analysis: GraphAnalysis, taps: LayerTaps, above: LayerTaps | None, masks: dict[str, np.ndarray]
+) -> np.ndarray:
+    """W R: how each unit of the layer (rows: head dimensions, then neurons) reaches the kept units above."""
+    written = np.vstack([_as_rows(analysis, analysis.group(g).readers[0]) for g in (taps.heads, taps.ffn)])
+    if above is None:
+        return written
+    reads = [
+        _as_rows(analysis, weight)[:, kept_along(analysis, masks, weight, analysis.linear(weight).out_axis)]
+        for group in (above.heads, above.ffn)
+        for weight in analysis.group(group).writers
+    ]
+    return written @ np.hstack(reads)
+
+
+def _as_rows(analysis: GraphAnalysis, weight: str) -> np.ndarray:
+    """A linear weight as an (inputs, outputs) matrix."""
+    matrix = analysis.values[weight].astype(np.float64)
+    return matrix.T if analysis.linear(weight).in_axis == 1 else matrix
+
+
+@dataclass(frozen=True)
+class InformationLoss:
+    """Information about Y lost with each block: 1/2 [log det (Σ_U|Y)⁻¹_bb - log det (Σ_U)⁻¹_bb]."""
+
+    marginal: np.ndarray
+    conditional: np.ndarray
+
+    @property
+    def matrices(self) -> list[np.ndarray]:
+        return [self.marginal, self.conditional]
+
+    def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
+        marginal, conditional = (_block_logdets(p, widths) for p in precisions)
+        return 0.5 * (conditional - marginal)
+
+
+@dataclass(frozen=True)
+class ReadLoss:
+    """Variance read above that the rest cannot explain: tr(((Σ_U)⁻¹_bb)⁻¹ G_bb), G = (W R)(W R)ᵀ."""
+
+    covariance: np.ndarray
+    gram: np.ndarray
+
+    @property
+    def matrices(self) -> list[np.ndarray]:
+        return [self.covariance]
+
+    def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+        result = np.empty(len(widths))
+        for width in np.unique(widths):
+            chosen = widths == width
+            index = starts[chosen][:, None] + np.arange(width)
+            blocks = precisions[0][index[:, :, None], index[:, None, :]]
+            grams = self.gram[dims[index][:, :, None], dims[index][:, None, :]]
+            result[chosen] = np.einsum("kij,kji->k", np.linalg.inv(blocks), grams)
+        return result
 
 
 def _eliminate(
-    systems: list[tuple[np.ndarray, np.ndarray]],
+    systems: list[InformationLoss | ReadLoss],
     blocks: list[np.ndarray],
     owner: np.ndarray,
     targets: list[int],
@@ -79,19 +134,18 @@ def _eliminate(
 ) -> np.ndarray:
     """Greedy backward elimination of blocks, per owner group, down to `targets` blocks, in `rounds` steps.
 
-    Each system is (Σ_U, Σ_U|Y) over the same units; a block's loss is summed over the systems (the hidden stream
-    informs every layer that reads it). The precision matrices are inverted once; removing dimensions d from a
-    precision matrix P leaves the precision of the rest as the Schur complement P_rr - P_rd P_dd⁻¹ P_dr.
+    A block's loss is summed over the systems (the hidden stream informs every layer that reads it). The precision
+    matrices are inverted once; removing dimensions d from a precision matrix P leaves the precision of the rest as
+    the Schur complement P_rr - P_rd P_dd⁻¹ P_dr.
     """
     alive = np.ones(len(blocks), dtype=bool)
     totals = [int((owner == g).sum()) for g in range(len(targets))]
     dims = np.concatenate(blocks)
-    precisions = [np.linalg.inv(matrix) for system in systems for matrix in system]
+    precisions = [[np.linalg.inv(matrix) for matrix in system.matrices] for system in systems]
     widths = np.array([len(b) for b in blocks])
     for step in range(1, rounds + 1):
         ids = np.flatnonzero(alive)
-        logdets = [_block_logdets(p, widths[ids]) for p in precisions]
-        loss = 0.5 * sum(conditional - marginal for marginal, conditional in zip(logdets[::2], logdets[1::2]))
+        loss = sum(system.losses(p, widths[ids], dims) for system, p in zip(systems, precisions))
         for group, (total, target) in enumerate(zip(totals, targets)):
             goal = round(total - (total - target) * step / rounds)
             mine = owner[ids] == group
@@ -99,7 +153,7 @@ def _eliminate(
             if surplus > 0:
                 alive[ids[mine][np.argsort(loss[mine], kind="stable")[:surplus]]] = False
         keep = np.isin(dims, np.concatenate([blocks[b] for b in np.flatnonzero(alive)]))
-        precisions = [_remove(p, keep) for p in precisions]
+        precisions = [[_remove(p, keep) for p in pair] for pair in precisions]
         dims = dims[keep]
     return alive
 

@@ -9,12 +9,13 @@ import numpy as np
 
 @dataclass
 class Moments:
-    """Running sums of x, x xᵀ (and optionally x yᵀ against a partner) over rows of a matrix."""
+    """Running sums of x, x xᵀ (and, against a partner y: x yᵀ, y, ‖y‖², optionally y yᵀ) over rows of a matrix."""
 
     dim: int
     partner_dim: int = 0
     track_partner: bool = False
     count: int = 0
+    partner_squares: float = 0.0
     total: np.ndarray = field(init=False)
     gram: np.ndarray = field(init=False)
     cross: np.ndarray = field(init=False)
@@ -37,6 +38,7 @@ class Moments:
             partner = partner.astype(np.float64, copy=False)
             self.cross += rows.T @ partner
             self.partner_total += partner.sum(axis=0)
+            self.partner_squares += float(np.einsum("ij,ij->", partner, partner))
             if self.track_partner:
                 self.partner_gram += partner.T @ partner
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compressor.scoring import _conditioned, _eliminate, top_k
+from compressor.scoring import InformationLoss, ReadLoss, _conditioned, _eliminate, top_k
 
 
 def marginal_mi(cov: np.ndarray, units: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_elimination_drops_a_duplicate_before_a_weaker_unique_unit():
     targets = np.stack([a, b], axis=1)
     cov = np.cov(np.hstack([units, targets]).T)
     system = _conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:])
-    alive = _eliminate([system], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    alive = _eliminate([InformationLoss(*system)], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
     assert alive[2] and alive.sum() == 2
     marginal_choice = top_k(marginal_mi(cov, 3), 2)
     assert not marginal_choice[2]  # what per-unit MI alone would have kept: both duplicates
@@ -55,7 +55,7 @@ def test_heads_are_removed_as_blocks():
     head1 = rng.standard_normal((20_000, 2))  # noise head
     cov = np.cov(np.hstack([head0, head1, signal]).T)
     system = _conditioned(cov[:4, :4], cov[:4, 4:], cov[4:, 4:])
-    alive = _eliminate([system], [np.arange(2), np.arange(2, 4)], np.zeros(2, dtype=int), [1])
+    alive = _eliminate([InformationLoss(*system)], [np.arange(2), np.arange(2, 4)], np.zeros(2, dtype=int), [1])
     assert alive.tolist() == [True, False]
 
 
@@ -71,5 +71,45 @@ def test_loss_is_summed_over_systems():
     for target in (a, b):
         cov = np.cov(np.hstack([units, target[:, None]]).T)
         systems.append(_conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:]))
-    alive = _eliminate(systems, [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    alive = _eliminate(
+        [InformationLoss(*s) for s in systems], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2]
+    )
     assert alive.tolist() == [True, True, False]
+
+
+def test_read_loss_is_the_variance_the_rest_cannot_explain():
+    """Removing one unit of a correlated pair costs only what the other cannot predict; through the same weights,
+    an independent unit of smaller variance costs more, and one that nothing reads costs nothing."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal(40_000)
+    units = np.stack(
+        [
+            a + 0.2 * rng.standard_normal(40_000),
+            a + 0.2 * rng.standard_normal(40_000),
+            0.6 * rng.standard_normal(40_000),
+        ],
+        axis=1,
+    )
+    cov = np.cov(units.T)
+    read = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    system = ReadLoss(cov, read @ read.T)
+    loss = system.losses([np.linalg.inv(cov)], np.ones(3, dtype=int), np.arange(3))
+    expected = [1 / np.linalg.inv(cov)[i, i] for i in range(3)]  # conditional variance of each unit given the rest
+    assert np.allclose(loss, expected)
+    assert loss[2] > loss[0]
+    unread = ReadLoss(cov, np.diag([1.0, 1.0, 0.0]))
+    assert unread.losses([np.linalg.inv(cov)], np.ones(3, dtype=int), np.arange(3))[2] == 0
+    alive = _eliminate([system], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    assert alive[2] and alive.sum() == 2
+
+
+def test_read_loss_scores_a_head_as_a_block():
+    """Block widths above one use the block's conditional covariance: tr(Σ_b|rest G_bb)."""
+    rng = np.random.default_rng(5)
+    cov = np.cov(rng.standard_normal((500, 4)) @ rng.standard_normal((4, 4)), rowvar=False)
+    read = rng.standard_normal((4, 3))
+    loss = ReadLoss(cov, read @ read.T).losses([np.linalg.inv(cov)], np.array([2, 2]), np.arange(4))
+    precision = np.linalg.inv(cov)
+    for block, value in zip((slice(0, 2), slice(2, 4)), loss):
+        conditional = np.linalg.inv(precision[block, block])
+        assert np.isclose(value, np.trace(conditional @ read[block] @ read[block].T))
