@@ -186,8 +186,8 @@ def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
     lines = [
         "## Against onnxsim's structured pruning",
         "",
-        "onnxsim 0.8.1 at its best: the graph fused by ONNX Runtime's transformer optimizer, Wanda-scored heads and FFN "
-        "neurons removed at the same fraction, surviving MatMuls refit by ridge (`apply_pruning_finetune`), on the "
+        "onnxsim 0.8.1 at its best: the graph fused by ONNX Runtime's transformer optimizer, Wanda-scored heads and "
+        "FFN neurons removed at the same fraction, surviving MatMuls refit by ridge (`apply_pruning_finetune`), on the "
         "same calibration samples. `compress`: default method and granularity, recovery on. Kept: the fraction of "
         "encoder weights left, measured.",
         "",
