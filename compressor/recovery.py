@@ -187,10 +187,11 @@ def _output_error(original: onnx.ModelProto, model: onnx.ModelProto, batches: li
 
 
 def _batches(calibration: Calibration, indices: Sequence[int], batch_size: int) -> list[Batch]:
-    """Fit and held-out batches, each ordered by length; every CHECK_EVERY-th sample is held out."""
+    """Fit and held-out batches, each ordered by length; every CHECK_EVERY-th sample is held out (with a single
+    sample there is nothing to fit on, and nothing is refit)."""
     check = list(indices[::CHECK_EVERY])
     held_out = set(check)
-    fit = [i for i in indices if i not in held_out] or check
+    fit = [i for i in indices if i not in held_out]
     return [
         Batch(feeds, token_mask(feeds), part is check)
         for part in (fit, check)
@@ -266,8 +267,11 @@ def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit,
     before = _squared_error(current, *held_out) / energy
     penalty = np.diag((np.arange(width) < inputs).astype(float)) * max(float(np.mean(np.diag(fit_xx)[:inputs])), 1e-12)
     best, best_error, best_ridge = current, before, 0.0
-    for ridge in RIDGES:
-        solved = np.linalg.solve(fit_xx + ridge * penalty, fit_xy)
+    for ridge in RIDGES if fit.count else ():
+        try:
+            solved = np.linalg.solve(fit_xx + ridge * penalty, fit_xy)
+        except np.linalg.LinAlgError:
+            continue
         if not np.isfinite(solved).all():
             continue
         error = _squared_error(solved, *held_out) / energy

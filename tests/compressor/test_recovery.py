@@ -132,3 +132,11 @@ def test_no_recover_leaves_the_sliced_model(tiny_folder):
     assert off.report["recovery"] is None and "without_recovery" not in off.report["fidelity"]
     assert on.report["fidelity"]["without_recovery"] == off.report["fidelity"]
     assert [n.op_type for n in off.model.graph.node] == [n.op_type for n in on.model.graph.node]
+
+
+def test_one_sample_leaves_nothing_to_fit_and_nothing_refit(export_cache):
+    analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
+    pruned = apply_masks(analysis, masks)
+    result = recover(analysis, pruned, masks, data, [3], batch_size=4)
+    assert not any(r.applied for r in result.refits) and not result.kept
+    assert result.model is pruned
