@@ -31,26 +31,28 @@ from graph_passes import analyze, load_model
 
 KEEPS = (0.8, 0.6, 0.4)
 DEFAULT_GRANULARITY = "heads,ffn"
+RECOVERIES = ("on", "pruned inputs", "off")  # on: the default, the refit fed the original model's activations
 GRANULARITIES = (DEFAULT_GRANULARITY, "ffn", "heads", "heads,ffn,hidden")
 PACKAGES = ("onnxruntime", "onnx", "numpy", "transformers", "torch")
 
 
 def accuracy_table(model: Path, calib: Path, data: Path, samples: int) -> list[dict]:
-    """Every granularity with recovery (the default); the default granularity also without it."""
+    """Every granularity with recovery as `compress` does it by default; the default granularity also with the refit
+    fed the pruned model's activations, and without recovery."""
     rows = []
     for granularity in GRANULARITIES:
-        for recover in (True, False) if granularity == DEFAULT_GRANULARITY else (True,):
+        for recovery in RECOVERIES if granularity == DEFAULT_GRANULARITY else RECOVERIES[:1]:
             for keep in KEEPS:
                 for method in METHODS:
-                    rows.append(_one(model, calib, data, samples, granularity, keep, method, recover))
+                    rows.append(_one(model, calib, data, samples, granularity, keep, method, recovery))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
 def _one(
-    model: Path, calib: Path, data: Path, samples: int, granularity: str, keep: float, method: str, recover: bool
+    model: Path, calib: Path, data: Path, samples: int, granularity: str, keep: float, method: str, recovery: str
 ) -> dict:
-    row = {"granularity": granularity, "recover": recover, "keep": keep, "method": method}
+    row = {"granularity": granularity, "recovery": recovery, "keep": keep, "method": method}
     start = time.perf_counter()
     try:
         result = compress(
@@ -60,19 +62,20 @@ def _one(
             method=method,
             granularity=granularity.split(","),
             samples=samples,
-            recover=recover,
+            recover=recovery != "off",
+            refit_inputs="pruned" if recovery == "pruned inputs" else "original",
         )
     except BudgetError:
         return {**row, "accuracy": None}
     metrics = evaluate_file(result.model, data, model, None, None, 64)
-    recovery = result.report["recovery"]
+    refit = result.report["recovery"]
     return {
         **row,
         "accuracy": metrics["accuracy"],
         "f1": metrics["f1"],
         "agreement": result.report["fidelity"]["prediction_agreement"],
         "keep_achieved": result.report["keep_achieved"],
-        "recovery_kept": recovery["kept"] if recovery else None,
+        "recovery_kept": refit["kept"] if refit else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -157,13 +160,14 @@ def render(
         "",
         f"Original model: **{original:.4f}**. `--keep` is the fraction of the encoder's prunable weights kept "
         "(Q, K, V, attention output, FFN up and down); n/a: that granularity cannot reach that keep. Recovery (on by "
-        "default) refits the projections after pruned units by least squares; `--no-recover` turns it off.",
+        "default) refits the projections after pruned units by least squares on the original model's activations; "
+        "`--refit-inputs pruned` feeds it the pruned model's instead, layer by layer; `--no-recover` turns it off.",
         "",
     ]
-    tables = [(DEFAULT_GRANULARITY, True), (DEFAULT_GRANULARITY, False)]
-    tables += [(g, True) for g in GRANULARITIES if g != DEFAULT_GRANULARITY]
-    for granularity, recover in tables:
-        lines += _table(rows, granularity, recover)
+    tables = [(DEFAULT_GRANULARITY, recovery) for recovery in RECOVERIES]
+    tables += [(g, RECOVERIES[0]) for g in GRANULARITIES if g != DEFAULT_GRANULARITY]
+    for granularity, recovery in tables:
+        lines += _table(rows, granularity, recovery)
     lines += _peer_table(rows, peers)
     lines += [
         "## Cost of `compress` (keep 0.4, method mi, default granularity, recovery on)",
@@ -195,8 +199,8 @@ def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for peer in peers:
-        key = (DEFAULT_GRANULARITY, True, peer["keep"], "mi")
-        ours = next(r for r in rows if (r["granularity"], r["recover"], r["keep"], r["method"]) == key)
+        key = (DEFAULT_GRANULARITY, RECOVERIES[0], peer["keep"], "mi")
+        ours = next(r for r in rows if (r["granularity"], r["recovery"], r["keep"], r["method"]) == key)
         lines.append(
             f"| {peer['keep']} | {ours['accuracy']:.4f} | {ours['keep_achieved']:.3f} | {peer['accuracy']:.4f} | "
             f"{peer['keep_achieved']:.3f} | {peer['seconds']} | {ours['seconds']} |"
@@ -204,9 +208,9 @@ def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _table(rows: list[dict], granularity: str, recover: bool) -> list[str]:
+def _table(rows: list[dict], granularity: str, recovery: str) -> list[str]:
     lines = [
-        f"### granularity `{granularity}`, recovery {'on' if recover else 'off'}",
+        f"### granularity `{granularity}`, recovery {recovery}",
         "",
         "| keep | " + " | ".join(METHODS) + " |",
         "|---|" + "---|" * len(METHODS),
@@ -214,8 +218,8 @@ def _table(rows: list[dict], granularity: str, recover: bool) -> list[str]:
     for keep in KEEPS:
         cells = []
         for method in METHODS:
-            key = (granularity, recover, keep, method)
-            row = next(r for r in rows if (r["granularity"], r["recover"], r["keep"], r["method"]) == key)
+            key = (granularity, recovery, keep, method)
+            row = next(r for r in rows if (r["granularity"], r["recovery"], r["keep"], r["method"]) == key)
             cells.append("n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}")
         best = max((c for c in cells if c != "n/a"), default=None)
         cells = [f"**{c}**" if c == best else c for c in cells]

@@ -76,6 +76,9 @@ def run(
     recover: Annotated[
         bool, typer.Option("--recover/--no-recover", help="refit the projections after pruned units by least squares")
     ] = True,
+    refit_inputs: Annotated[
+        str, typer.Option(help="recovery fits on the activations of the 'original' model or of the 'pruned' one")
+    ] = "original",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
 ) -> None:
     """Compress MODEL into a smaller dense ONNX model that keeps KEEP of its encoder weights."""
@@ -96,6 +99,7 @@ def run(
             batch_size=batch_size,
             seed=seed,
             recover=recover,
+            refit_inputs=refit_inputs,
             quiet=quiet,
         )
     except USER_ERRORS as exc:

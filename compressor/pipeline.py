@@ -55,17 +55,23 @@ def compress(
     batch_size: int = 32,
     seed: int = 0,
     recover: bool = True,
+    refit_inputs: str = "original",
     quiet: bool = True,
 ) -> CompressionResult:
     """Prune `model` to keep `keep` of its encoder's prunable weights; return the model and its report.
 
     `calibration` is a file (.tsv/.csv/.jsonl/.npz), a list of texts, a dict of input arrays, or None for a synthetic
     fallback (with a warning). The tokenizer defaults to the model's folder. With `recover`, the projections that read
-    pruned units are refit by least squares on the calibration activations (`compressor.recovery`).
+    pruned units are refit by least squares on the calibration activations (`compressor.recovery`), fed with the
+    original model's activations or, with `refit_inputs="pruned"`, the pruned model's.
     """
     reporter = Reporter(quiet)
     timer = Timer()
     start = time.perf_counter()
+    if refit_inputs not in recovery.REFIT_INPUTS:
+        raise CompressorError(
+            f"unknown --refit-inputs {refit_inputs!r}; choose from {', '.join(recovery.REFIT_INPUTS)}"
+        )
     if method not in scoring.METHODS:
         raise CompressorError(f"unknown --method {method!r}; choose from {', '.join(scoring.METHODS)}")
     if not 0 < keep <= 1:
@@ -102,7 +108,7 @@ def compress(
     if recover:
         sliced = pruned
         with reporter.stage("refitting projections", len(recovery.projections(analysis, masks))) as advance:
-            recovered = recovery.recover(analysis, sliced, masks, data, scored, batch_size, advance)
+            recovered = recovery.recover(analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs)
         pruned = recovered.model
         start = timer.stage("recovery", start)
     compressed_session = validate(pruned, data, batch_size)
@@ -117,7 +123,7 @@ def compress(
     report = build_report(
         analysis, pruned, masks, keep, method, granularity, data, scored, held_out, stats, fidelity_report, timer
     )
-    report["recovery"] = None if recovered is None else recovered.summary()
+    report["recovery"] = None if recovered is None else {"inputs": refit_inputs, **recovered.summary()}
     return CompressionResult(pruned, report, masks)
 
 

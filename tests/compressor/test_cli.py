@@ -143,6 +143,7 @@ def test_eval_json(tiny_folder):
         (["--calib", "{folder}/words.tsv"], "labels in column 'label' are not numbers"),
         (["--calib", "{folder}/calib.tsv", "--text-columns", "review"], "has no column 'review'"),
         (["--calib", "{folder}/calib.tsv", "--method", "best"], "unknown --method 'best'"),
+        (["--calib", "{folder}/calib.tsv", "--refit-inputs", "both"], "unknown --refit-inputs 'both'"),
         (["--calib", "{folder}/calib.tsv", "--granularity", "heads"], "cannot be reached by pruning heads"),
     ],
     ids=[
@@ -154,6 +155,7 @@ def test_eval_json(tiny_folder):
         "labels-not-numbers",
         "no-column",
         "method",
+        "refit-inputs",
         "unreachable",
     ],
 )

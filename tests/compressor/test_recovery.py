@@ -13,7 +13,15 @@ from compressor.calibration import from_arrays
 from compressor.capture import capture_session, token_mask
 from compressor.fidelity import session
 from compressor.recovery import CHECK_EVERY, RIDGES, Recovery, projections, recover
-from graph_passes import analyze, apply_masks, initializer_behind, linear_bias, load_model
+from graph_passes import (
+    analyze,
+    apply_masks,
+    initializer_behind,
+    linear_bias,
+    load_model,
+    normalize,
+    replace_initializers,
+)
 
 STYLES = ["optimum-opset17", "torchscript-opset14", "dynamo-opset18"]
 
@@ -26,39 +34,60 @@ def _setup(export_cache, arch: str, style: str, samples: int = 40):
     return analysis, masks, data
 
 
+def _with_refits(pruned: onnx.ModelProto, recovered: onnx.ModelProto, done) -> onnx.ModelProto:
+    """The pruned model with the refit weights and biases of the projections in `done` copied from `recovered`."""
+    model = normalize(pruned)
+    values = _initializers(recovered)
+    arrays = {}
+    for projection in done:
+        arrays[projection.weight] = values[projection.weight]
+        bias = linear_bias(model, projection.weight)
+        arrays[bias] = values[initializer_behind(recovered, linear_bias(recovered, projection.weight))]
+    replace_initializers(model, arrays)
+    return model
+
+
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def test_first_refit_equals_a_direct_ridge_solve(export_cache):
-    """Layer 0's attention output projection: x from the pruned model, y = the original projection's output on the
-    original activations, over the fit tokens; the written weights solve the ridge system the report names."""
+@pytest.mark.parametrize("inputs", ["original", "pruned"])
+@pytest.mark.parametrize("position", [0, 3])
+def test_a_refit_equals_a_direct_ridge_solve(export_cache, inputs, position):
+    """x from the original (or the pruned model, every projection below refit), y = the original projection's
+    output on the original activations, over the fit tokens: the written weights solve the ridge system the report
+    names. Position 0 is layer 0's attention output projection, 3 is layer 1's FFN down projection."""
     analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
     pruned = apply_masks(analysis, masks)
     indices = list(range(len(data)))
-    result = recover(analysis, pruned, masks, data, indices, batch_size=8)
+    result = recover(analysis, pruned, masks, data, indices, batch_size=8, inputs=inputs)
     recovered, refits = result.model, result.refits
     assert result.kept
-    first = projections(analysis, masks)[0]
-    assert (refits[0].layer, refits[0].kind, refits[0].applied) == (0, "heads", True)
+    first = projections(analysis, masks)[position]
+    refit = refits[position]
+    assert (refit.layer, refit.kind, refit.applied) == ((0, "heads") if position == 0 else (1, "ffn")) + (True,)
 
     fit = [i for i in indices if i not in set(indices[::CHECK_EVERY])]
     feeds = next(data.batches(fit, len(fit)))
     tokens = token_mask(feeds)
-    x = capture_session(pruned, [first.activation]).run([first.activation], feeds)[0][tokens].astype(np.float64)
     z = capture_session(analysis.model, [first.activation]).run([first.activation], feeds)[0][tokens]
     y = first.outputs(z.astype(np.float64))
+    if inputs == "original":
+        x = z[:, first.rows].astype(np.float64)
+    else:  # the model as it was when this projection was refit: the earlier refits applied, not the later ones
+        earlier = _with_refits(pruned, recovered, projections(analysis, masks)[:position])
+        x = capture_session(earlier, [first.activation]).run([first.activation], feeds)[0][tokens].astype(np.float64)
     design = np.hstack([x, np.ones((len(x), 1))])
     gram = design.T @ design / len(x)
     penalty = np.diag(np.r_[np.ones(x.shape[1]), 0.0]) * np.mean(np.diag(gram)[:-1])
-    expected = np.linalg.solve(gram + refits[0].ridge * penalty, design.T @ y / len(x))
+    expected = np.linalg.solve(gram + refit.ridge * penalty, design.T @ y / len(x))
 
     values = _initializers(recovered)
     assert np.allclose(values[first.weight], expected[:-1], atol=1e-4)
     assert np.allclose(
         values[initializer_behind(recovered, linear_bias(recovered, first.weight))], expected[-1], atol=1e-4
     )
-    assert refits[0].ridge in RIDGES
+    assert refit.ridge in RIDGES
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -82,6 +111,15 @@ def test_refits_lower_held_out_error_and_bring_outputs_closer(export_cache, arch
     }
     assert result.kept and result.output_error["refit"] < result.output_error["sliced"]
     assert gap["recovered"] < gap["sliced"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_refits_on_pruned_inputs_bring_outputs_closer(export_cache, style):
+    analysis, masks, data = _setup(export_cache, "roberta", style, samples=60)
+    pruned = apply_masks(analysis, masks)
+    result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16, inputs="pruned")
+    onnx.checker.check_model(result.model)
+    assert result.kept and result.output_error["refit"] < result.output_error["sliced"]
 
 
 def test_nothing_pruned_leaves_the_outputs_as_they_were(export_cache):
