@@ -1,6 +1,6 @@
 """Accuracy of every scoring method at several keeps and granularities, and the cost of `compress` itself.
 
-Regenerates BENCHMARKS.md:
+Regenerates BENCHMARKS.md (after `pip install -e ".[bench]"`, which adds onnxsim):
     python -m bench.method_comparison --model ../shared/models/minilm-sst2 \
         --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
 Any model folder (model.onnx plus tokenizer) and any labelled file work the same way.
