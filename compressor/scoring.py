@@ -8,6 +8,7 @@ units of every layer that reads it and against the top signal.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,11 +115,8 @@ class ReadLoss:
         return [self.covariance]
 
     def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
-        starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
         result = np.empty(len(widths))
-        for width in np.unique(widths):
-            chosen = widths == width
-            index = starts[chosen][:, None] + np.arange(width)
+        for chosen, index in _diagonal_blocks(widths):
             blocks = precisions[0][index[:, :, None], index[:, None, :]]
             grams = self.gram[dims[index][:, :, None], dims[index][:, None, :]]
             result[chosen] = np.einsum("kij,kji->k", np.linalg.inv(blocks), grams)
@@ -164,13 +162,18 @@ def _conditioned(cov_x: np.ndarray, cross: np.ndarray, cov_y: np.ndarray) -> tup
     return marginal, marginal - cross @ np.linalg.solve(_ridge(cov_y), cross.T)
 
 
-def _block_logdets(precision: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """log det of each diagonal block of `precision`, the blocks laid end to end with the given widths."""
+def _diagonal_blocks(widths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For blocks laid end to end with the given widths, per width: which blocks have it, and their indices."""
     starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
-    result = np.empty(len(widths))
     for width in np.unique(widths):
         chosen = widths == width
-        index = starts[chosen][:, None] + np.arange(width)
+        yield chosen, starts[chosen][:, None] + np.arange(width)
+
+
+def _block_logdets(precision: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """log det of each diagonal block of `precision`, the blocks laid end to end with the given widths."""
+    result = np.empty(len(widths))
+    for chosen, index in _diagonal_blocks(widths):
         sign, value = np.linalg.slogdet(precision[index[:, :, None], index[:, None, :]])
         result[chosen] = np.where(sign > 0, value, -np.inf)
     return result
