@@ -195,7 +195,7 @@ def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
         "same calibration samples. `compress`: default method and granularity, recovery on. Kept: the fraction of "
         "encoder weights left, measured.",
         "",
-        "| keep | compress mi | kept | onnxsim | kept | onnxsim s | compress s |",
+        "| keep | compress mi | kept | onnxsim | kept | onnxsim s | compress and dev eval s |",
         "|---|---|---|---|---|---|---|",
     ]
     for peer in peers:
