@@ -1,6 +1,7 @@
 """The `compress` command line. Every error a user can cause ends in one line on stderr and exit code 2.
 
-`compress MODEL --keep 0.4` runs the default command (`run`); `compress inspect` and `compress eval` are the others.
+`compress MODEL --keep 0.4` runs the default command (`run`); `compress inspect`, `compress eval` and
+`compress bench` are the others.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from bench.deployment import Settings, run_bench
+from bench.errors import BenchError
+from bench.providers import parse_providers
+from bench.tables import as_json, markdown, print_table
 from compressor.budget import GRANULARITIES
 from compressor.default_model import DefaultModelError, default_model_path
 from compressor.evaluation import evaluate_file
-from compressor.output import plan_outputs, write_model, write_report
+from compressor.output import plan_outputs, write_atomic, write_model, write_report
 from compressor.pipeline import DEFAULT_GRANULARITY, compress
 from compressor.scoring import METHODS
 from graph_passes import GraphPassError, analyze, load_model, require_prunable
@@ -139,6 +144,63 @@ def eval_command(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if v is not None
             )
         )
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="ONNX models; the first is the baseline of every speedup")],
+    providers: Annotated[
+        str | None, typer.Option(help="execution providers, e.g. cpu,cuda,tensorrt; default: cpu and any GPU one")
+    ] = None,
+    batch: Annotated[str, typer.Option(help="batch sizes, comma separated")] = "1,8,32",
+    seq: Annotated[str, typer.Option(help="sequence lengths, comma separated")] = "32,128",
+    threads: Annotated[int, typer.Option(help="intra-op threads; 0: ONNX Runtime's default")] = 0,
+    warmup: Annotated[int, typer.Option(help="untimed runs per model before timing")] = 3,
+    runs: Annotated[int, typer.Option(help="timed runs per model and setting")] = 20,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="peak RSS of a fresh process per row")] = True,
+    data: Annotated[Path | None, typer.Option(help="labelled file: adds accuracy (measured on CPU)")] = None,
+    tokenizer: TokenizerOpt = None,
+    text_columns: ColumnsOpt = None,
+    label_column: LabelOpt = None,
+    max_length: MaxLengthOpt = 128,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON")] = None,
+    markdown_file: Annotated[Path | None, typer.Option("--markdown", help="also write a Markdown table")] = None,
+) -> None:
+    """Latency p50/p90/p99, throughput, peak memory, size and accuracy of MODELS, interleaved on each provider."""
+    try:
+        if threads < 0 or warmup < 0 or runs < 1:
+            raise BenchError("--threads and --warmup take zero or more, --runs at least 1")
+        settings = Settings(
+            parse_providers(providers),
+            _positive_ints("--batch", batch),
+            _positive_ints("--seq", seq),
+            threads,
+            warmup,
+            runs,
+            memory,
+        )
+        accuracy = None
+        if data is not None:
+            columns = _columns(text_columns)
+            accuracy = {
+                m: evaluate_file(load_model(m), data, tokenizer or m.parent, columns, label_column, max_length)
+                for m in models
+            }
+        result = run_bench(models, settings, accuracy)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    print_table(result)
+    if json_file:
+        write_atomic(json_file, as_json(result).encode())
+    if markdown_file:
+        write_atomic(markdown_file, markdown(result).encode())
+
+
+def _positive_ints(option: str, value: str) -> list[int]:
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise BenchError(f"{option} takes positive integers separated by commas, e.g. {option} 1,8,32; got {value!r}")
+    return list(dict.fromkeys(int(p) for p in parts))
 
 
 @app.command()

@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny exported models (built once per session), and the real models when they exist."""
+"""Shared fixtures: tiny exported models (built once per session), a tiny classifier folder with a tokenizer and
+labelled files, and the real models when they exist."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,3 +49,16 @@ def shared_model_dir() -> Path:
     if not (SHARED_MODEL / "model.onnx").exists():
         pytest.skip(f"{SHARED_MODEL} is absent here (.ci/run requires it, so CI always runs this)")
     return SHARED_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    spec = tiny_models.Spec("bert", "classifier")
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tiny_models.export_optimum(tiny_models.build(spec), spec, folder, 17)
+    tiny_models.save_tokenizer(folder)
+    rows = tiny_models.sentences(120)
+    (folder / "calib.tsv").write_text("sentence\tlabel\n" + "".join(f"{t} \t{y}\n" for t, y in rows))
+    (folder / "calib.csv").write_text("id,text,label\n" + "".join(f"{i},{t},{y}\n" for i, (t, y) in enumerate(rows)))
+    (folder / "calib.jsonl").write_text("".join(json.dumps({"text": t, "score": y + 0.5}) + "\n" for t, y in rows))
+    return folder

@@ -1,0 +1,7 @@
+"""Errors a user can cause in a benchmark: printed as one line, exit code 2, like every other user error."""
+
+from compressor.errors import CompressorError
+
+
+class BenchError(CompressorError):
+    """A model that does not load, an unknown or unavailable provider, a batch or sequence size that cannot be run."""
