@@ -62,7 +62,7 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
         for batch in settings.batches:
             for seq in settings.seqs:
                 inputs = [feeds(g, batch, seq) for g in graphs]
-                timings = interleaved(sessions, inputs, batch, settings.warmup, settings.runs)
+                timings = _timed(models, sessions, inputs, batch, seq, settings)
                 for index, timing in enumerate(timings):
                     memory = (
                         round(peak_memory_mb(models[index], provider, settings.threads, batch, seq))
@@ -83,6 +83,14 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
                         }
                     )
     return BenchResult(describe(), settings, rows, skipped)
+
+
+def _timed(models, sessions, inputs, batch: int, seq: int, settings: Settings) -> list[Timing]:
+    try:
+        return interleaved(sessions, inputs, batch, settings.warmup, settings.runs)
+    except Exception as exc:  # ORT raises several types for one cause: a model that cannot run these inputs
+        first = str(exc).splitlines()[0][:300]
+        raise BenchError(f"a model fails at batch {batch}, sequence {seq} ({first}); check --batch and --seq") from exc
 
 
 def _measured(timing: Timing, baseline: Timing, memory: float | None) -> dict:

@@ -1,25 +1,17 @@
-"""Accuracy of every scoring method at several keeps and granularities, and the cost of `compress` itself.
-
-Regenerates BENCHMARKS.md (after `pip install -e ".[bench]"`, which adds onnxsim):
-    python -m bench.method_comparison --model ../shared/models/minilm-sst2 \
-        --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
-Any model folder (model.onnx plus tokenizer) and any labelled file work the same way.
-"""
+"""Accuracy of every scoring method at several keeps and granularities, onnxsim beside it, and the cost of
+`compress` itself: the accuracy half of BENCHMARKS.md (`bench/compare.py` runs it)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
+
+import onnx
 
 from bench.onnxsim_baseline import onnxsim_structured
 from compressor import budget, compress
@@ -32,25 +24,39 @@ from graph_passes import analyze, load_model
 KEEPS = (0.8, 0.6, 0.4)
 DEFAULT_GRANULARITY = "heads,ffn"
 RECOVERIES = ("on", "pruned inputs", "off")  # on: the default, the refit fed the original model's activations
-GRANULARITIES = (DEFAULT_GRANULARITY, "ffn", "heads", "heads,ffn,hidden")
-PACKAGES = ("onnxruntime", "onnx", "numpy", "transformers", "torch")
+GRANULARITIES = (DEFAULT_GRANULARITY, "ffn", "heads,ffn,hidden")  # heads alone cannot reach keep 0.6
 
 
-def accuracy_table(model: Path, calib: Path, data: Path, samples: int) -> list[dict]:
+def saved_name(family: str, keep: float) -> str:
+    return f"{family}-keep{keep}.onnx"
+
+
+def accuracy_table(model: Path, calib: Path, data: Path, samples: int, saved: Path) -> list[dict]:
     """Every granularity with recovery as `compress` does it by default; the default granularity also with the refit
-    fed the pruned model's activations, and without recovery."""
+    fed the pruned model's activations, and without recovery. The default granularity's models with recovery on are
+    written to `saved` (compress-METHOD-keepK.onnx) for the speed comparison."""
     rows = []
     for granularity in GRANULARITIES:
         for recovery in RECOVERIES if granularity == DEFAULT_GRANULARITY else RECOVERIES[:1]:
             for keep in KEEPS:
                 for method in METHODS:
-                    rows.append(_one(model, calib, data, samples, granularity, keep, method, recovery))
+                    keep_file = granularity == DEFAULT_GRANULARITY and recovery == RECOVERIES[0]
+                    target = saved / saved_name(f"compress-{method}", keep) if keep_file else None
+                    rows.append(_one(model, calib, data, samples, granularity, keep, method, recovery, target))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
 def _one(
-    model: Path, calib: Path, data: Path, samples: int, granularity: str, keep: float, method: str, recovery: str
+    model: Path,
+    calib: Path,
+    data: Path,
+    samples: int,
+    granularity: str,
+    keep: float,
+    method: str,
+    recovery: str,
+    target: Path | None,
 ) -> dict:
     row = {"granularity": granularity, "recovery": recovery, "keep": keep, "method": method}
     start = time.perf_counter()
@@ -68,6 +74,8 @@ def _one(
     except BudgetError:
         return {**row, "accuracy": None}
     metrics = evaluate_file(result.model, data, model, None, None, 64)
+    if target is not None:
+        onnx.save(result.model, str(target))
     refit = result.report["recovery"]
     return {
         **row,
@@ -80,8 +88,9 @@ def _one(
     }
 
 
-def onnxsim_table(model: Path, calib: Path, data: Path, samples: int) -> list[dict]:
-    """onnxsim's best structured pruning pipeline at each keep, on the same calibration samples."""
+def onnxsim_table(model: Path, calib: Path, data: Path, samples: int, saved: Path) -> list[dict]:
+    """onnxsim's best structured pruning pipeline at each keep, on the same calibration samples; its models are
+    written to `saved` (onnxsim-keepK.onnx)."""
     source = load_model(model / "model.onnx")
     analysis = analyze(source)
     encoder = budget.parameter_count(analysis, budget.encoder_matrices(analysis), {})
@@ -89,8 +98,13 @@ def onnxsim_table(model: Path, calib: Path, data: Path, samples: int) -> list[di
     batches = list(calibration.batches(calibration.by_length(range(len(calibration))), 32))
     rows = []
     for keep in KEEPS:
-        result = onnxsim_structured(str(model / "model.onnx"), batches, keep, encoder)
-        accuracy = evaluate_file(result.model, data, model, None, None, 64)["accuracy"]
+        try:
+            result = onnxsim_structured(str(model / "model.onnx"), batches, keep, encoder)
+            accuracy = evaluate_file(result.model, data, model, None, None, 64)["accuracy"]
+        except Exception as exc:  # the peer's own failure is a result to report, not a reason to stop
+            rows.append({"keep": keep, "accuracy": None, "error": str(exc).splitlines()[0][:200]})
+            continue
+        onnx.save(result.model, str(saved / saved_name("onnxsim", keep)))
         rows.append(
             {
                 "keep": keep,
@@ -136,26 +150,8 @@ def compress_cost(model: Path, calib: Path, samples: int) -> dict:
     }
 
 
-def render(
-    model: Path,
-    calib: Path,
-    data: Path,
-    samples: int,
-    original: float,
-    rows: list[dict],
-    peers: list[dict],
-    costs: list[dict],
-) -> str:
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
+def accuracy_markdown(original: float, rows: list[dict], peers: list[dict], costs: list[dict]) -> list[str]:
     lines = [
-        "# Benchmarks",
-        "",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python -m bench.method_comparison` on "
-        f"{_cpu()} ({_cores()} cores), Python {platform.python_version()}, {versions}.",
-        "",
-        f"Model `{model.name}`; calibration: {samples} samples drawn from `{calib.name}` (seeded), "
-        f"of which a fifth is held out for the fidelity check; accuracy on all of `{data.name}`.",
-        "",
         "## Accuracy by scoring method, with and without recovery",
         "",
         f"Original model: **{original:.4f}**. `--keep` is the fraction of the encoder's prunable weights kept "
@@ -168,8 +164,11 @@ def render(
     tables += [(g, RECOVERIES[0]) for g in GRANULARITIES if g != DEFAULT_GRANULARITY]
     for granularity, recovery in tables:
         lines += _table(rows, granularity, recovery)
-    lines += _peer_table(rows, peers)
-    lines += [
+    return lines + _peer_table(rows, peers) + _cost_table(costs)
+
+
+def _cost_table(costs: list[dict]) -> list[str]:
+    lines = [
         "## Cost of `compress` (keep 0.4, method mi, default granularity, recovery on)",
         "",
         "| calibration samples | wall s | max RSS MB | capture s | scoring s | recovery s | recovery share |",
@@ -182,8 +181,7 @@ def render(
             f"| {cost['samples']} | {cost['wall_seconds']} | {cost['max_rss_mb']} | "
             f"{stages['capture']} | {stages['scoring']} | {stages['recovery']} | {share:.0%} |"
         )
-    lines += ["", "Raw rows: `bench/results/method_comparison.json`.", ""]
-    return "\n".join(lines)
+    return lines + [""]
 
 
 def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
@@ -201,9 +199,13 @@ def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
     for peer in peers:
         key = (DEFAULT_GRANULARITY, RECOVERIES[0], peer["keep"], "mi")
         ours = next(r for r in rows if (r["granularity"], r["recovery"], r["keep"], r["method"]) == key)
+        theirs = (
+            f"{peer['accuracy']:.4f} | {peer['keep_achieved']:.3f} | {peer['seconds']}"
+            if peer["accuracy"] is not None
+            else f"failed: {peer['error']} | - | -"
+        )
         lines.append(
-            f"| {peer['keep']} | {ours['accuracy']:.4f} | {ours['keep_achieved']:.3f} | {peer['accuracy']:.4f} | "
-            f"{peer['keep_achieved']:.3f} | {peer['seconds']} | {ours['seconds']} |"
+            f"| {peer['keep']} | {ours['accuracy']:.4f} | {ours['keep_achieved']:.3f} | {theirs} | {ours['seconds']} |"
         )
     return lines + [""]
 
@@ -225,38 +227,3 @@ def _table(rows: list[dict], granularity: str, recovery: str) -> list[str]:
         cells = [f"**{c}**" if c == best else c for c in cells]
         lines.append(f"| {keep} | " + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="folder with model.onnx and its tokenizer")
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--cost-samples", default="512,5000")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
-    args = parser.parse_args()
-    original = evaluate_file(load_model(args.model / "model.onnx"), args.data, args.model, None, None, 64)["accuracy"]
-    rows = accuracy_table(args.model, args.calib, args.data, args.samples)
-    peers = onnxsim_table(args.model, args.calib, args.data, args.samples)
-    costs = [compress_cost(args.model, args.calib, int(n)) for n in args.cost_samples.split(",")]
-    raw = Path(__file__).parent / "results" / "method_comparison.json"
-    raw.parent.mkdir(exist_ok=True)
-    found = {"original_accuracy": original, "rows": rows, "onnxsim": peers, "costs": costs}
-    raw.write_text(json.dumps(found, indent=1) + "\n")
-    args.out.write_text(render(args.model, args.calib, args.data, args.samples, original, rows, peers, costs))
-
-
-if __name__ == "__main__":
-    main()

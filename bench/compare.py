@@ -1,0 +1,212 @@
+"""Regenerate BENCHMARKS.md: accuracy, CPU speed and size of `compress` next to the other ways to get speed.
+
+    pip install -e ".[bench]"   # onnxsim and matplotlib
+    python -m bench.compare --model ../shared/models/minilm-sst2 \
+        --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
+
+Any model folder (model.onnx plus tokenizer) and any labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
+measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
+magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
+int8 (per channel) alone and after `compress`. Speed: `compress bench`'s interleaved timing, CPU, sequence 128,
+batch 1 and 32, every variant of one keep timed in the same rounds as the original. Writes the page, two PNG figures
+and the raw rows (bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from bench import accuracy_tables, plots
+from bench.accuracy_tables import KEEPS, saved_name
+from bench.deployment import Settings, run_bench
+from bench.flops import matmul_flops_per_token
+from bench.machine import describe, header_line
+from bench.unstructured_pruning import magnitude_zeroed
+from compressor.evaluation import evaluate_file
+from compressor.quantization import quantize_int8
+from compressor.scoring import METHODS
+from graph_passes import load_model
+
+RESULTS = Path(__file__).parent / "results"
+SEQ = 128
+BATCHES = (1, 32)
+
+
+def _accuracy(model: Path | onnx.ModelProto, folder: Path, data: Path) -> float:
+    loaded = load_model(model) if isinstance(model, Path) else model
+    return evaluate_file(loaded, data, folder, None, None, 64)["accuracy"]
+
+
+def build_variants(model_dir: Path, data: Path, saved: Path, rows: list[dict], peers: list[dict]) -> list[dict]:
+    """Every model of the speed comparison: file, family, keep and dev accuracy (what is not measured yet is now)."""
+    original = model_dir / "model.onnx"
+    int8 = saved / "int8.onnx"
+    onnx.save(quantize_int8(load_model(original)), str(int8))
+    variants = [
+        {"family": "original", "keep": None, "path": original, "accuracy": _accuracy(original, model_dir, data)},
+        {"family": "int8 alone", "keep": None, "path": int8, "accuracy": _accuracy(int8, model_dir, data)},
+    ]
+    found = {(r["method"], r["keep"]): r for r in rows if (r["granularity"], r["recovery"]) == ("heads,ffn", "on")}
+    for keep in KEEPS:
+        for method in METHODS:
+            path = saved / saved_name(f"compress-{method}", keep)
+            accuracy = found[(method, keep)]["accuracy"]
+            variants.append({"family": f"compress {method}", "keep": keep, "path": path, "accuracy": accuracy})
+        quantized = saved / saved_name("compress-mi-int8", keep)
+        onnx.save(quantize_int8(load_model(saved / saved_name("compress-mi", keep))), str(quantized))
+        zeroed = saved / saved_name("magnitude-zeroed", keep)
+        onnx.save(magnitude_zeroed(load_model(original), keep), str(zeroed))
+        for family, path in (("compress mi + int8", quantized), ("unstructured magnitude", zeroed)):
+            variants.append(
+                {"family": family, "keep": keep, "path": path, "accuracy": _accuracy(path, model_dir, data)}
+            )
+        peer = next(p for p in peers if p["keep"] == keep)
+        if peer["accuracy"] is not None:
+            path = saved / saved_name("onnxsim", keep)
+            variants.append({"family": "onnxsim structured", "keep": keep, "path": path, "accuracy": peer["accuracy"]})
+    return variants
+
+
+def measure_speed(variants: list[dict], threads: int, runs: int) -> list[dict]:
+    """Per keep, the original, int8 alone and that keep's variants timed together; adds speedups and p50s."""
+    fixed = [v for v in variants if v["keep"] is None]
+    timed: dict[tuple, list[dict]] = {}
+    settings = Settings(["cpu"], list(BATCHES), [SEQ], threads, warmup=2, runs=runs, memory=False)
+    for keep in KEEPS:
+        group = fixed + [v for v in variants if v["keep"] == keep]
+        result = run_bench([v["path"] for v in group], settings)
+        for variant in group:
+            mine = [row for row in result.rows if row["path"] == str(variant["path"])]
+            timed.setdefault((variant["family"], variant["keep"]), []).extend(mine)
+    points = []
+    for variant in variants:
+        measured = timed[(variant["family"], variant["keep"])]
+        point = {k: v for k, v in variant.items() if k != "path"}
+        point["file_mb"] = measured[0]["file_mb"]
+        for batch in BATCHES:
+            rows = [r for r in measured if r["batch"] == batch]
+            point[f"speedup_b{batch}"] = round(statistics.median(r["speedup"] for r in rows), 3)
+            point[f"p50_ms_b{batch}"] = round(statistics.median(r["p50_ms"] for r in rows), 2)
+        points.append(point)
+    return points
+
+
+def flops_table(model_dir: Path, saved: Path, points: list[dict]) -> list[dict]:
+    """Ideal speedup from MatMul FLOPs per token (sequence 128) against the measured one, `compress mi` per keep."""
+    original = matmul_flops_per_token(load_model(model_dir / "model.onnx"), SEQ)
+    found = []
+    for keep in KEEPS:
+        flops = matmul_flops_per_token(load_model(saved / saved_name("compress-mi", keep)), SEQ)
+        point = next(p for p in points if (p["family"], p["keep"]) == ("compress mi", keep))
+        ideal = original / flops
+        found.append(
+            {
+                "keep": keep,
+                "mflops_per_token": round(flops / 1e6, 2),
+                "original_mflops_per_token": round(original / 1e6, 2),
+                "ideal_speedup": round(ideal, 3),
+                "speedup_b32": point["speedup_b32"],
+                "share_of_ideal": round(point["speedup_b32"] / ideal, 3),
+            }
+        )
+    return found
+
+
+def speed_markdown(points: list[dict], flops: list[dict], runs: int, threads: int) -> list[str]:
+    lines = [
+        "## Speed, size and accuracy on CPU",
+        "",
+        f"`compress bench` timing: sequence {SEQ}, ONNX Runtime CPU provider, intra-op threads {threads or 'default'}, "
+        f"{runs} timed runs per model after 2 warm-up runs, the models of one keep taking turns with the original and "
+        "int8 alone in the same rounds. Speedup: the original's median latency over the model's (original and int8 "
+        "alone: median over the three rounds). Unstructured magnitude: each encoder matrix keeps its largest `keep` "
+        "fraction of weights, the rest zeroed in place. onnxsim: its best pipeline (below), a graph fused by ONNX "
+        "Runtime's optimizer. "
+        "int8: `onnxruntime.quantization.quantize_dynamic`, int8 weights per channel.",
+        "",
+        "![accuracy against speedup](bench/results/accuracy_vs_speedup.png)",
+        "![accuracy against file size](bench/results/accuracy_vs_size.png)",
+        "",
+        "| keep | variant | dev accuracy | speedup batch 1 | speedup batch 32 | p50 ms batch 32 | file MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for point in sorted(points, key=lambda p: -(p["keep"] or 1.0)):
+        keep = "-" if point["keep"] is None else point["keep"]
+        lines.append(
+            f"| {keep} | {point['family']} | {point['accuracy']:.4f} | {point['speedup_b1']:.2f}x | "
+            f"{point['speedup_b32']:.2f}x | {point['p50_ms_b32']} | {point['file_mb']} |"
+        )
+    lines += [
+        "",
+        f"### Measured speedup against the FLOPs ratio (`compress mi`, CPU, batch 32, sequence {SEQ})",
+        "",
+        "Ideal speedup: the original's MatMul FLOPs per token over the compressed model's (projections and attention "
+        "products, from the sizes of one ONNX Runtime run).",
+        "",
+        "| keep | MFLOPs per token | original | ideal speedup | measured | share of ideal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in flops:
+        lines.append(
+            f"| {row['keep']} | {row['mflops_per_token']} | {row['original_mflops_per_token']} | "
+            f"{row['ideal_speedup']:.2f}x | {row['speedup_b32']:.2f}x | {row['share_of_ideal']:.0%} |"
+        )
+    return lines + [""]
+
+
+def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated {header_line(machine)}, by `python -m bench.compare --model {args.model} --calib {args.calib} "
+        f"--data {args.data}`.",
+        "",
+        f"Model `{args.model.name}`; calibration: {args.samples} samples drawn from `{args.calib.name}` (seeded), of "
+        f"which a fifth is held out for the fidelity check; accuracy on all of `{args.data.name}`.",
+        "",
+    ]
+    lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
+    lines += accuracy_tables.accuracy_markdown(
+        found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
+    )
+    return "\n".join(lines + ["Raw rows: `bench/results/compare.json`.", ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="folder with model.onnx and its tokenizer")
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--cost-samples", default="512,5000")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and batch size")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    args = parser.parse_args()
+    machine = describe()
+    with tempfile.TemporaryDirectory(prefix="mi-compare-") as folder:
+        saved = Path(folder)
+        rows = accuracy_tables.accuracy_table(args.model, args.calib, args.data, args.samples, saved)
+        peers = accuracy_tables.onnxsim_table(args.model, args.calib, args.data, args.samples, saved)
+        variants = build_variants(args.model, args.data, saved, rows, peers)
+        points = measure_speed(variants, args.threads, args.runs)
+        flops = flops_table(args.model, saved, points)
+    costs = [accuracy_tables.compress_cost(args.model, args.calib, int(n)) for n in args.cost_samples.split(",")]
+    original = next(p["accuracy"] for p in points if p["family"] == "original")
+    found = {"machine": machine, "original_accuracy": original, "points": points, "flops": flops, "rows": rows}
+    found.update(onnxsim=peers, costs=costs)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
+    plots.speed_figure(points, SEQ, RESULTS / "accuracy_vs_speedup.png")
+    plots.size_figure(points, RESULTS / "accuracy_vs_size.png")
+    args.out.write_text(render(args, machine, found))
+
+
+if __name__ == "__main__":
+    main()
