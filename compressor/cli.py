@@ -84,6 +84,9 @@ def run(
     refit_inputs: Annotated[
         str, typer.Option(help="recovery fits on the activations of the 'original' model or of the 'pruned' one")
     ] = "original",
+    quantize: Annotated[
+        str | None, typer.Option(help="after pruning and recovery, quantize: int8 (ONNX Runtime dynamic, per channel)")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
 ) -> None:
     """Compress MODEL into a smaller dense ONNX model that keeps KEEP of its encoder weights."""
@@ -105,6 +108,7 @@ def run(
             seed=seed,
             recover=recover,
             refit_inputs=refit_inputs,
+            quantize=quantize,
             quiet=quiet,
         )
     except USER_ERRORS as exc:
@@ -235,6 +239,11 @@ def _print_report(report: dict, report_file: Path) -> None:
         f"heads per layer: {heads}   FFN neurons per layer: {ffn}" + (f"   hidden: {hidden[0]}" if hidden else ""),
         f"fidelity on {fid['samples']} held-out samples: {_fidelity_text(fid)}",
         *_recovery_lines(report),
+        *(
+            [f"{report['quantization']['type']}: {_fidelity_text(report['quantization']['fidelity'])} (float above)"]
+            if report["quantization"]
+            else []
+        ),
         f"time: {sum(report['seconds'].values()):.1f} s ("
         + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())
         + ")",

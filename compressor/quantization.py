@@ -15,6 +15,7 @@ import onnx
 
 from compressor.errors import CompressorError
 
+QUANTIZE_TYPES = ("int8",)
 QUANTIZED_OPS = {
     "QuantizeLinear",
     "DequantizeLinear",

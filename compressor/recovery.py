@@ -11,8 +11,10 @@ default: one ONNX Runtime pass of the original; the removed units' contribution 
 ones that predict it) or as the pruned model computes them with every layer below already refit (layer by layer,
 each model cut down to one layer and fed with that layer's input as it computed it; on minilm-sst2 this measured
 lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). Only second moments are kept. λ is chosen on held-out
-calibration tokens; a refit that does not lower its held-out error is not applied, and refits that do not bring
-the model's output closer to the original's on those tokens are all dropped.
+calibration tokens; a refit that does not lower its held-out error is not applied; an applied one is solved again
+with its λ on all calibration tokens (more data for the weights; at keep 0.6 on minilm-sst2 this measured +0.5 points
+of dev accuracy). Refits that do not bring the model's output closer to the original's on the held-out tokens are all
+dropped; the pipeline's own fidelity samples, never seen here, give the independent check.
 """
 
 from __future__ import annotations
@@ -292,7 +294,8 @@ def _squared_error(a: np.ndarray, xx: np.ndarray, xy: np.ndarray, yy: float) -> 
 
 
 def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit, np.ndarray]:
-    """The ridge solution with the λ that does best on held-out tokens, and whether it beats the plain slice."""
+    """The ridge λ that does best on held-out tokens, and whether it beats the plain slice; the weights applied are
+    then solved with that λ on all calibration tokens (fit and held-out), the error reported is the held-out one."""
     inputs, width = len(projection.rows), projection.width
     fit_xx, fit_xy, _ = _system(fit, width)
     held_out = _system(check, width)
@@ -302,17 +305,27 @@ def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit,
     penalty = np.diag((np.arange(width) < inputs).astype(float)) * max(float(np.mean(np.diag(fit_xx)[:inputs])), 1e-12)
     best, best_error, best_ridge = current, before, 0.0
     for ridge in RIDGES if fit.count else ():
-        try:
-            solved = np.linalg.solve(fit_xx + ridge * penalty, fit_xy)
-        except np.linalg.LinAlgError:
-            continue
-        if not np.isfinite(solved).all():
+        solved = _solve(fit_xx + ridge * penalty, fit_xy)
+        if solved is None:
             continue
         error = _squared_error(solved, *held_out) / energy
         if error < best_error:
             best, best_error, best_ridge = solved, error, ridge
     refit = Refit(projection.layer, projection.kind, projection.weight, before, best_error, best_ridge, best_ridge > 0)
-    return refit, best
+    if not refit.applied:
+        return refit, current
+    all_xx, all_xy, _ = _system(fit.merged(check), width)
+    on_all = _solve(all_xx + best_ridge * penalty, all_xy)
+    return refit, best if on_all is None else on_all
+
+
+def _solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarray | None:
+    """The solution, or None when the system is singular or the result not finite."""
+    try:
+        solved = np.linalg.solve(matrix, right)
+    except np.linalg.LinAlgError:
+        return None
+    return solved if np.isfinite(solved).all() else None
 
 
 def _write(model: onnx.ModelProto, projection: Projection, weights: np.ndarray) -> None:

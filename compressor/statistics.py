@@ -42,6 +42,14 @@ class Moments:
             if self.track_partner:
                 self.partner_gram += partner.T @ partner
 
+    def merged(self, other: Moments) -> Moments:
+        """The moments of both sets of rows together."""
+        both = Moments(self.dim, self.partner_dim, self.track_partner)
+        both.count, both.partner_squares = self.count + other.count, self.partner_squares + other.partner_squares
+        for name in ("total", "gram", "cross", "partner_total", "partner_gram"):
+            setattr(both, name, getattr(self, name) + getattr(other, name))
+        return both
+
     @property
     def mean(self) -> np.ndarray:
         return self.total / max(self.count, 1)

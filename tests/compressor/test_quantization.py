@@ -1,0 +1,55 @@
+"""`compress --quantize int8`: int8 after pruning and recovery, with its own fidelity; int8 input is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+
+
+def compress(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "compressor", *args], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_quantize_int8_ships_an_int8_model_and_reports_both_fidelities(tiny_folder, tmp_path):
+    calib = str(tiny_folder / "calib.tsv")
+    float_run = compress(
+        str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--out", str(tmp_path / "f")
+    )
+    int8_run = compress(
+        str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--out", str(tmp_path / "q"),
+        "--quantize", "int8",
+    )  # fmt: skip
+    assert float_run.returncode == 0 and int8_run.returncode == 0, int8_run.stderr
+    assert "int8: mean cosine" in int8_run.stdout
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    float_report = json.loads((tmp_path / "f" / "report.json").read_text())
+    quantization = report["quantization"]
+    assert quantization["type"] == "int8" and float_report["quantization"] is None
+    assert report["fidelity"] == float_report["fidelity"]  # the float model's, unchanged by quantizing after
+    assert 0.9 < quantization["fidelity"]["mean_cosine"] <= 1.0 + 1e-9
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    assert "MatMulInteger" in {n.op_type for n in model.graph.node}
+    assert report["file_bytes"]["after"] == model.ByteSize() < 0.7 * float_report["file_bytes"]["after"]
+
+
+def test_an_int8_model_is_refused_before_pruning(tiny_folder, tmp_path):
+    calib = str(tiny_folder / "calib.tsv")
+    first = compress(
+        str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--out", str(tmp_path / "q"),
+        "--quantize", "int8",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    again = compress(
+        str(tmp_path / "q" / "model.onnx"), "--keep", "0.5", "--calib", calib, "--out", str(tmp_path / "r")
+    )
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()[-1:]) == 1
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the model is already quantized") and "compress the float model, then" in last
+    assert not (tmp_path / "r").exists()
+    wrong = compress(str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--quantize", "int4")
+    assert wrong.returncode == 2 and "unknown --quantize 'int4'; choose from int8" in wrong.stderr
