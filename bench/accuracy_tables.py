@@ -105,12 +105,15 @@ def onnxsim_table(model: Path, calib: Path, data: Path, samples: int, saved: Pat
             rows.append({"keep": keep, "accuracy": None, "error": str(exc).splitlines()[0][:200]})
             continue
         onnx.save(result.model, str(saved / saved_name("onnxsim", keep)))
+        same = compress(model / "model.onnx", calib, keep=result.keep_achieved, samples=samples)
         rows.append(
             {
                 "keep": keep,
                 "accuracy": accuracy,
                 "keep_achieved": round(result.keep_achieved, 4),
                 "seconds": round(result.seconds, 1),
+                "compress_same_keep": evaluate_file(same.model, data, model, None, None, 64)["accuracy"],
+                "compress_same_keep_achieved": same.report["keep_achieved"],
             }
         )
         print(json.dumps({"onnxsim": rows[-1]}), file=sys.stderr, flush=True)
@@ -190,19 +193,22 @@ def _peer_table(rows: list[dict], peers: list[dict]) -> list[str]:
         "",
         "onnxsim 0.8.1 at its best: the graph fused by ONNX Runtime's transformer optimizer, Wanda-scored heads and "
         "FFN neurons removed at the same fraction, surviving MatMuls refit by ridge (`apply_pruning_finetune`), on the "
-        "same calibration samples. `compress`: default method and granularity, recovery on. Kept: the fraction of "
-        "encoder weights left, measured.",
+        "same calibration samples. `compress`: default method and granularity, recovery on, at the same `--keep` and "
+        "again at the fraction onnxsim actually kept (the same kept parameter count). Kept: the fraction of encoder "
+        "weights left, measured.",
         "",
-        "| keep | compress mi | kept | onnxsim | kept | onnxsim s | compress and dev eval s |",
-        "|---|---|---|---|---|---|---|",
+        "| keep | compress mi | kept | onnxsim | kept | compress mi at onnxsim's kept | kept | onnxsim s | "
+        "compress and dev eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for peer in peers:
         key = (DEFAULT_GRANULARITY, RECOVERIES[0], peer["keep"], "mi")
         ours = next(r for r in rows if (r["granularity"], r["recovery"], r["keep"], r["method"]) == key)
         theirs = (
-            f"{peer['accuracy']:.4f} | {peer['keep_achieved']:.3f} | {peer['seconds']}"
+            f"{peer['accuracy']:.4f} | {peer['keep_achieved']:.3f} | {peer['compress_same_keep']:.4f} | "
+            f"{peer['compress_same_keep_achieved']:.3f} | {peer['seconds']}"
             if peer["accuracy"] is not None
-            else f"failed: {peer['error']} | - | -"
+            else f"failed: {peer['error']} | - | - | - | -"
         )
         lines.append(
             f"| {peer['keep']} | {ours['accuracy']:.4f} | {ours['keep_achieved']:.3f} | {theirs} | {ours['seconds']} |"

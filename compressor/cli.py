@@ -113,7 +113,7 @@ def run(
         )
     except USER_ERRORS as exc:
         fail(str(exc))
-    write_model(result.model, model_file, path.parent)
+    write_model(result.model, model_file, path)
     result.report.update(model=str(path), output=str(model_file))
     write_report(result.report, report_file)
     if not quiet:

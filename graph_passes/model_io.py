@@ -14,17 +14,45 @@ from graph_passes.errors import NotOnnxError, UnsupportedGraphError
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file, raising NotOnnxError with the fix when it is not one."""
+    """Read an ONNX file and its external data, raising NotOnnxError with the fix when it is not one.
+
+    External data must lie in the model's folder (or below it): a reference that leaves it is refused before any
+    file is opened."""
     path = Path(path)
     if not path.is_file():
         raise NotOnnxError(f"{path}: no such file; pass the path of an exported .onnx model")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise NotOnnxError(f"{path}: not an ONNX model ({type(exc).__name__}); export it to ONNX first") from exc
     if not model.graph.node:
         raise NotOnnxError(f"{path}: not an ONNX model (no graph nodes); export it to ONNX first")
+    for location in external_data_files(model):
+        _check_inside(path, location)
+    if external_data_files(model):
+        onnx.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The locations of the external data files the model's initializers refer to, in order of first use."""
+    found = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found += [entry.value for entry in tensor.external_data if entry.key == "location"]
+    return list(dict.fromkeys(found))
+
+
+def _check_inside(path: Path, location: str) -> None:
+    folder = path.parent.resolve()
+    target = (folder / location).resolve()
+    if Path(location).is_absolute() or not target.is_relative_to(folder):
+        raise NotOnnxError(
+            f"{path}: external data {location!r} lies outside the model's folder; "
+            "keep the data file beside the model (onnx.save(..., save_as_external_data=True))"
+        )
+    if not target.is_file():
+        raise NotOnnxError(f"{path}: its external data file {location!r} is missing; copy it beside the model")
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
