@@ -108,17 +108,25 @@ def _slice_initializers(model: onnx.ModelProto, analysis: GraphAnalysis, plan: d
 def _rewrite_reshapes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
     """Give each Reshape whose target spells a pruned size its own target with the new size.
 
-    A static target becomes a new initializer; a target computed at run time is patched with a Where node, so
-    shape constants shared between layers with different head counts never interfere. Entries of -1 (inferred)
-    and 0 (copied from the input) already follow the new sizes and are left alone.
+    A static target becomes a new initializer. A target computed at run time by a Concat whose changed entries are
+    constants gets its own Concat with new constants (the form ONNX Runtime's transformer fusion reads head counts
+    from); any other computed target is patched with a Where node. Shape constants shared between layers with
+    different head counts never interfere. Entries of -1 (inferred) and 0 (copied from the input) already follow
+    the new sizes and are left alone.
     """
     created: dict[tuple[str, bytes], str] = {}
+    producers = {output: node for node in model.graph.node for output in node.output}
     new_nodes = []
     for node in model.graph.node:
         if node.op_type == "Reshape":
             changes = _target_changes(analysis, plan, node)
             if changes:
-                node.input[1] = _patched_target(model, analysis, node, changes, created, new_nodes)
+                concat = _concat_inputs(analysis, producers.get(node.input[1]), changes)
+                node.input[1] = (
+                    _patched_concat(model, analysis, producers[node.input[1]], concat, created, new_nodes)
+                    if concat
+                    else _patched_target(model, analysis, node, changes, created, new_nodes)
+                )
         new_nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
@@ -129,6 +137,51 @@ def _target_changes(analysis: GraphAnalysis, plan: dict[int, np.ndarray], node: 
     target = analysis.values[node.input[1]]
     cuts = _axis_plan(analysis, plan, out, len(analysis.values[out].shape))
     return {axis: len(kept) for axis, kept in cuts.items() if target[axis] not in (-1, 0)}
+
+
+def _concat_inputs(
+    analysis: GraphAnalysis, producer: onnx.NodeProto | None, changes: dict[int, int]
+) -> dict[int, np.ndarray] | None:
+    """For a target made by Concat of 1-D pieces: the new value of each piece that holds a changed entry, when
+    every such piece is a constant; None otherwise."""
+    if producer is None or producer.op_type != "Concat":
+        return None
+    pieces: dict[int, np.ndarray] = {}
+    offset = 0
+    for index, name in enumerate(producer.input):
+        value = analysis.values[name]
+        if value.ndim != 1:
+            return None
+        for axis, size in changes.items():
+            if offset <= axis < offset + len(value):
+                if name not in analysis.static:
+                    return None
+                pieces.setdefault(index, value.copy())[axis - offset] = size
+        offset += len(value)
+    return pieces
+
+
+def _patched_concat(
+    model: onnx.ModelProto,
+    analysis: GraphAnalysis,
+    producer: onnx.NodeProto,
+    pieces: dict[int, np.ndarray],
+    created: dict[tuple[str, bytes], str],
+    new_nodes: list[onnx.NodeProto],
+) -> str:
+    source = producer.output[0]
+    key = (source, b"".join(pieces[i].tobytes() for i in sorted(pieces)) + bytes(sorted(pieces)))
+    if key in created:
+        return created[key]
+    name = f"{source}__pruned{len(created)}"
+    inputs = list(producer.input)
+    for index, value in pieces.items():
+        inputs[index] = f"{name}_piece{index}"
+        model.graph.initializer.append(numpy_helper.from_array(value, inputs[index]))
+    concat = onnx.helper.make_node("Concat", inputs, [name], name=f"{name}_Concat", axis=0)
+    new_nodes.append(concat)
+    created[key] = name
+    return name
 
 
 def _patched_target(
