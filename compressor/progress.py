@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -39,3 +40,18 @@ class Reporter:
 
         yield advance
         self.line(f"{description}: {done[0]}/{total} in {time.perf_counter() - start:.1f} s")
+
+
+@contextmanager
+def quiet_loggers(*names: str | None) -> Iterator[None]:
+    """Raise the given loggers (None: the root logger) to ERROR for a block: exporters, the quantizer and the
+    fusion log advice that is not for our users."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

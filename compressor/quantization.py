@@ -7,13 +7,13 @@ work on float weights.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
 import onnx
 
 from compressor.errors import CompressorError
+from compressor.progress import quiet_loggers
 
 QUANTIZE_TYPES = ("int8",)
 QUANTIZED_OPS = {
@@ -55,10 +55,6 @@ def quantize_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.Mode
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         onnx.save(model, str(source))
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # the quantizer logs advice on the root logger
-        try:
+        with quiet_loggers(None):
             quantize_dynamic(str(source), str(target), per_channel=per_channel, weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
         return onnx.load(str(target))

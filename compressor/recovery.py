@@ -40,7 +40,19 @@ from graph_passes import (
 )
 
 REFIT_INPUTS = ("original", "pruned")
-RIDGES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # relative to the mean variance of the kept units
+RIDGES = (
+    1e-5,
+    3e-5,
+    1e-4,
+    3e-4,
+    1e-3,
+    3e-3,
+    1e-2,
+    3e-2,
+    0.1,
+    0.3,
+    1.0,
+)  # relative to the mean variance of the kept units
 CHECK_EVERY = 4  # every 4th calibration sample is held out to check each refit
 
 
