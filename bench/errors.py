@@ -1,7 +1,7 @@
 """Errors a user can cause in a benchmark: printed as one line, exit code 2, like every other user error."""
 
-from compressor.errors import CompressorError
+from graph_passes.errors import GraphPassError
 
 
-class BenchError(CompressorError):
+class BenchError(GraphPassError):
     """A model that does not load, an unknown or unavailable provider, a batch or sequence size that cannot be run."""
