@@ -205,7 +205,8 @@ def _unit_slices(analysis: GraphAnalysis, group: ChannelGroup, weight: str) -> t
     linear = analysis.linear(weight)
     matrix = analysis.values[weight]
     axis = linear.in_axis if analysis.group_of_axis(weight, linear.in_axis) is group else linear.out_axis
-    moved = np.moveaxis(matrix, axis, 0)
+    order = group.unit_major(analysis.dims.find(analysis.dims.axes[(weight, axis)]))  # packed Q, K, V: per head
+    moved = np.moveaxis(np.take(matrix, order, axis=axis), axis, 0)
     return moved.reshape(group.units, -1), axis
 
 

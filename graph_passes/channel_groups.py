@@ -14,12 +14,13 @@ from graph_passes.model_io import normalize
 from graph_passes.op_rules import RULES, LinearWeight, RuleContext, apply_rule
 from graph_passes.shape_probe import probe_values
 
-FLAT, UNITS, WITHIN = "flat", "units", "within"
+FLAT, UNITS, WITHIN, SECTIONS = "flat", "units", "within", "sections"
 
 
 @dataclass(frozen=True)
 class Member:
-    """One axis of one tensor in a group. `view`: flat (units x width), units (one entry per unit) or within."""
+    """One axis of one tensor in a group. `view`: flat (units x width), units (one entry per unit), within, or
+    sections (several flat parts end to end, e.g. packed Q, K, V)."""
 
     tensor: str
     axis: int
@@ -43,6 +44,7 @@ class ChannelGroup:
     writers: list[str] = field(default_factory=list)
     interface: list[str] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)
+    sections: dict[int, list[int]] = field(default_factory=dict)  # sections dim -> unit width of each part
 
     @property
     def name(self) -> str:
@@ -56,13 +58,25 @@ class ChannelGroup:
     def prunable(self) -> bool:
         return not self.blockers and not self.interface
 
-    @staticmethod
-    def kept_indices(mask: np.ndarray, view: str, width: int) -> np.ndarray:
-        """Indices kept along an axis of the given view (and unit width) when `mask` keeps units."""
-        kept = np.flatnonzero(mask)
-        if view == UNITS:
-            return kept
-        return (kept[:, None] * width + np.arange(width)[None, :]).reshape(-1)
+    def kept_on(self, dim: int, mask: np.ndarray) -> np.ndarray:
+        """Indices kept along the group's dimension `dim` when `mask` keeps units, in axis order."""
+        view, width = self.dims[dim]
+        if view != SECTIONS:
+            return _kept_indices(mask, view, width)
+        offsets = np.cumsum([0] + [self.units * w for w in self.sections[dim]])
+        return np.concatenate([o + _kept_indices(mask, FLAT, w) for o, w in zip(offsets, self.sections[dim])])
+
+    def unit_major(self, dim: int) -> np.ndarray:
+        """The axis's indices reordered unit by unit (unit 0's entries, then unit 1's...)."""
+        units = [self.kept_on(dim, np.arange(self.units) == u) for u in range(self.units)]
+        return np.concatenate(units)
+
+
+def _kept_indices(mask: np.ndarray, view: str, width: int) -> np.ndarray:
+    kept = np.flatnonzero(mask)
+    if view == UNITS:
+        return kept
+    return (kept[:, None] * width + np.arange(width)[None, :]).reshape(-1)
 
 
 @dataclass
@@ -149,6 +163,11 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
         if not params or not activations or dims.size[key] <= 1:
             continue
         group_dims = {d: (view, width) for d, (k, view, width) in roles.items() if k == key}
+        sections = {
+            flat: [roles[part][2] for part in parts]
+            for flat, parts in dims.sections
+            if roles[flat][:2] == (key, SECTIONS)
+        }
         has_units = any(view == UNITS for view, _ in group_dims.values())
         width = max(w for view, w in group_dims.values() if view == FLAT)
         blockers = [b for d, (view, _) in group_dims.items() if view != WITHIN for b in dims.blockers_of(d)]
@@ -165,6 +184,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
                 activations=activations,
                 interface=sorted(touches[key]),
                 blockers=_unique(blockers),
+                sections=sections,
             )
         )
     _link_weights(groups, ctx)
@@ -187,6 +207,12 @@ def _roles(dims: DimGraph) -> dict[int, tuple[int, str, int]]:
             roles.setdefault(outer, (outer, UNITS, 1))
             roles[flat] = (roles[outer][0], FLAT, dims.size[inner])
             roles.setdefault(inner, (roles[outer][0], WITHIN, dims.size[inner]))
+    for flat, parts in dims.sections:
+        keys = {roles.get(part, (None, None, 0))[:2] for part in parts}
+        if len(keys) == 1 and next(iter(keys))[1] == FLAT and flat not in roles:
+            roles[flat] = (next(iter(keys))[0], SECTIONS, 0)
+        else:
+            dims.block(flat, Blocker("", "", "packs parts that do not shrink together"))
     for dim in range(len(dims.parent)):
         root = dims.find(dim)
         roles.setdefault(root, (root, FLAT, 1))

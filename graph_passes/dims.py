@@ -1,4 +1,5 @@
-"""Union-find over tensor axes, with factorizations for axes that reshapes split into (units, width)."""
+"""Union-find over tensor axes, with factorizations for axes that reshapes split into (units, width), and sections
+for axes that pack several such axes end to end."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class DimGraph:
     size: list[int] = field(default_factory=list)
     axes: dict[tuple[str, int], int] = field(default_factory=dict)
     factors: list[tuple[int, int, int]] = field(default_factory=list)
+    sections: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
     blockers: dict[int, list[Blocker]] = field(default_factory=dict)
 
     def new(self, size: int) -> int:
@@ -64,6 +66,10 @@ class DimGraph:
     def factor(self, flat: int, outer: int, inner: int) -> None:
         self.factors.append((flat, outer, inner))
 
+    def concatenate(self, flat: int, parts: list[int]) -> None:
+        """flat = parts laid end to end: a packed Q, K, V projection's output axis, each part split into heads."""
+        self.sections.append((flat, tuple(parts)))
+
     def block(self, dim: int, blocker: Blocker) -> None:
         self.blockers.setdefault(self.find(dim), []).append(blocker)
 
@@ -94,6 +100,7 @@ class DimGraph:
                 by_parts.setdefault((o, i), f)
             self.factors = [(self.find(f), self.find(o), self.find(i)) for f, o, i in self.factors]
         self.factors = sorted(set(self.factors))
+        self.sections = sorted({(self.find(f), tuple(self.find(p) for p in parts)) for f, parts in self.sections})
 
     def factorization(self, dim: int) -> tuple[int, int] | None:
         root = self.find(dim)

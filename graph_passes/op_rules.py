@@ -291,6 +291,84 @@ def layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
             ctx.tie(data, k, extra, k)
 
 
+def skip_layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """SkipLayerNormalization and SkipSimplifiedLayerNormalization (ONNX Runtime contrib): LayerNorm(input + skip
+    [+ bias]) over the last axis; gamma, beta and bias run along it; the optional 4th output is the sum."""
+    data = node.input[0]
+    for other in [node.input[1], node.output[0]] + [o for o in node.output[3:4] if o]:
+        for axis in range(len(ctx.shape(data))):
+            ctx.tie(data, axis, other, axis)
+    for param in _inputs(node)[2:]:
+        tie_broadcast(ctx, param, data)
+    ctx.tag(data, -1, "normalized")
+    ctx.tag(data, -1, "residual")
+
+
+def embed_layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """EmbedLayerNormalization (contrib): word + position (+ segment) embeddings, then LayerNorm. Inputs: ids,
+    segment ids, word, position, segment tables, gamma, beta, mask, position ids; outputs: the embedding, a mask
+    index, the sum before normalising."""
+    ids, out = node.input[0], node.output[0]
+    inputs = list(node.input) + [""] * 9
+    tables = [name for name in inputs[2:5] if name]
+    for k in range(2):
+        ctx.tie(ids, k, out, k)
+    for name in tables:
+        ctx.tie(name, 1, out, 2)
+        ctx.block(name, 0, node, "selects entries along this axis")
+    for name in (n for n in inputs[5:7] if n):
+        ctx.tie(name, 0, out, 2)
+    if len(node.output) > 2 and node.output[2]:
+        for axis in range(3):
+            ctx.tie(out, axis, node.output[2], axis)
+    ctx.tag(out, 2, "embedding")
+    ctx.tag(out, 2, "normalized")
+
+
+def attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Attention (contrib): input (B, S, H) times a packed [Q | K | V] weight (H, q + k + v) plus bias, split into
+    `num_heads` heads each; output (B, S, v). The packed axis is three sections that shrink head by head."""
+    data, weight, out = node.input[0], node.input[1], node.output[0]
+    extra = [name for name in list(node.input)[4:] if name] + [o for o in node.output[1:] if o]
+    if extra or weight not in ctx.static:
+        no_rule(node, ctx, "Attention with past state, attention bias or a computed weight")
+        return
+    heads = _attr(node, "num_heads", 0)
+    total = ctx.shape(weight)[1]
+    sizes = list(_attr(node, "qkv_hidden_sizes", [total // 3] * 3))
+    for k in range(2):
+        ctx.tie(data, k, out, k)
+    ctx.tie(data, -1, weight, 0)
+    parts = [ctx.dims.new(size) for size in sizes]
+    units = ctx.dims.new(heads)
+    for part, size in zip(parts, sizes):
+        ctx.dims.factor(part, units, ctx.dims.new(size // heads))
+    ctx.dims.union(parts[2], ctx.dim(out, 2))
+    ctx.dims.concatenate(ctx.dim(weight, 1), parts)
+    if len(node.input) > 2 and node.input[2]:
+        ctx.tie(node.input[2], 0, weight, 1)
+    ctx.linears.append(LinearWeight(weight, 0, 1, ctx.node_index, data))
+
+
+def multi_head_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """MultiHeadAttention (contrib) on separate query (B, S, q), key (B, L, k) and value (B, L, v): each last axis
+    is `num_heads` heads; the optional bias packs [q | k | v]; output (B, S, v)."""
+    query, key, value, out = node.input[0], node.input[1], node.input[2], node.output[0]
+    extra = [name for name in list(node.input)[4:] if name] + [o for o in node.output[1:] if o]
+    if extra or any(len(ctx.shape(name)) != 3 for name in (query, key, value)):
+        no_rule(node, ctx, "MultiHeadAttention with packed inputs, masks, past state or attention bias")
+        return
+    units = ctx.dims.new(_attr(node, "num_heads", 0))
+    for name in (query, key, value):
+        size = ctx.shape(name)[2]
+        ctx.dims.factor(ctx.dim(name, 2), units, ctx.dims.new(size // ctx.dims.size[units]))
+    ctx.tie(value, 2, out, 2)
+    ctx.tie(query, 0, out, 0)
+    ctx.tie(query, 1, out, 1)
+    if len(node.input) > 3 and node.input[3]:
+        ctx.dims.concatenate(ctx.dim(node.input[3], 0), [ctx.dim(name, 2) for name in (query, key, value)])
+
+
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
     data, out = node.input[0], node.output[0]
     src, dst = ctx.shape(data), ctx.shape(out)
@@ -318,10 +396,11 @@ def no_rule(node: onnx.NodeProto, ctx: RuleContext, reason: str | None = None) -
 UNARY = (
     "Abs Acos Asin Atan Cast CastLike Ceil Clip Cos Dropout Elu Erf Exp Floor Gelu HardSigmoid HardSwish Identity "
     "IsInf IsNaN LeakyRelu Log Mish Neg Not Reciprocal Relu Round Selu Sigmoid Sign Sin Softplus Softsign Sqrt Tan "
-    "Tanh ThresholdedRelu FastGelu QuickGelu"
+    "Tanh ThresholdedRelu QuickGelu"
 ).split()
 BROADCAST = (
-    "Add And BitShift Div Equal Greater GreaterOrEqual Less LessOrEqual Max Min Mod Mul Or Pow Sub Sum Where Xor"
+    "Add And BiasGelu BitShift Div Equal FastGelu Greater GreaterOrEqual Less LessOrEqual Max Min Mod Mul Or Pow Sub "
+    "Sum Where Xor"
 )
 REDUCE = (
     "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare"
@@ -344,6 +423,11 @@ RULES: dict[str, Rule] = {
     "Gather": gather,
     "Transpose": transpose,
     "Expand": expand,
+    "SkipLayerNormalization": skip_layer_norm,
+    "SkipSimplifiedLayerNormalization": skip_layer_norm,
+    "EmbedLayerNormalization": embed_layer_norm,
+    "Attention": attention,
+    "MultiHeadAttention": multi_head_attention,
 }
 
 

@@ -27,6 +27,7 @@ def apply_masks(
     if plan:
         _slice_initializers(model, analysis, plan)
         _rewrite_reshapes(model, analysis, plan)
+        _rewrite_head_counts(model, analysis, plan)
         _resize_interface(model, analysis, plan)
     del model.graph.value_info[:]
     _drop_unused_initializers(model)
@@ -58,9 +59,9 @@ def _index_plan(
                 f"cannot prune {group.name}: it reaches model input/output {group.interface[0]!r} and would change "
                 "the model's interface; keep it whole"
             )
-        for dim, (view, width) in group.dims.items():
+        for dim, (view, _) in group.dims.items():
             if view != WITHIN:
-                plan[dim] = ChannelGroup.kept_indices(mask, view, width)
+                plan[dim] = group.kept_on(dim, mask)
     return plan
 
 
@@ -212,6 +213,23 @@ def _patched_target(
         )
     created[key] = name
     return name
+
+
+def _rewrite_head_counts(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """Fused attention nodes spell their head count (and unequal Q, K, V sizes) in attributes."""
+    dims = analysis.dims
+    for node in model.graph.node:
+        if node.op_type not in ("Attention", "MultiHeadAttention"):
+            continue
+        factors = dims.factorization(dims.axes[(node.output[0], 2)])
+        if factors is None or factors[0] not in plan:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "num_heads":
+                old, attribute.i = attribute.i, len(plan[factors[0]])
+        for attribute in node.attribute:
+            if attribute.name == "qkv_hidden_sizes":
+                attribute.ints[:] = [size // old * len(plan[factors[0]]) for size in attribute.ints]
 
 
 def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
