@@ -28,7 +28,9 @@ from bench.deployment import Settings, run_bench
 from bench.flops import matmul_flops_per_token
 from bench.machine import describe, header_line
 from bench.unstructured_pruning import magnitude_zeroed
+from compressor import compress
 from compressor.evaluation import evaluate_file
+from compressor.optimization import fuse
 from compressor.quantization import quantize_int8
 from compressor.scoring import METHODS
 from graph_passes import load_model
@@ -43,14 +45,17 @@ def _accuracy(model: Path | onnx.ModelProto, folder: Path, data: Path) -> float:
     return evaluate_file(loaded, data, folder, None, None, 64)["accuracy"]
 
 
-def build_variants(model_dir: Path, data: Path, saved: Path, rows: list[dict], peers: list[dict]) -> list[dict]:
+def build_variants(
+    model_dir: Path, calib: Path, data: Path, samples: int, saved: Path, rows: list[dict], peers: list[dict]
+) -> list[dict]:
     """Every model of the speed comparison: file, family, keep and dev accuracy (what is not measured yet is now)."""
     original = model_dir / "model.onnx"
-    int8 = saved / "int8.onnx"
+    fused, int8 = saved / "fused.onnx", saved / "int8.onnx"
+    onnx.save(fuse(load_model(original)), str(fused))
     onnx.save(quantize_int8(load_model(original)), str(int8))
     variants = [
-        {"family": "original", "keep": None, "path": original, "accuracy": _accuracy(original, model_dir, data)},
-        {"family": "int8 alone", "keep": None, "path": int8, "accuracy": _accuracy(int8, model_dir, data)},
+        {"family": family, "keep": None, "path": path, "accuracy": _accuracy(path, model_dir, data)}
+        for family, path in (("original", original), ("original, ORT-fused", fused), ("int8 alone", int8))
     ]
     found = {(r["method"], r["keep"]): r for r in rows if (r["granularity"], r["recovery"]) == ("heads,ffn", "on")}
     for keep in KEEPS:
@@ -58,19 +63,33 @@ def build_variants(model_dir: Path, data: Path, saved: Path, rows: list[dict], p
             path = saved / saved_name(f"compress-{method}", keep)
             accuracy = found[(method, keep)]["accuracy"]
             variants.append({"family": f"compress {method}", "keep": keep, "path": path, "accuracy": accuracy})
-        quantized = saved / saved_name("compress-mi-int8", keep)
-        onnx.save(quantize_int8(load_model(saved / saved_name("compress-mi", keep))), str(quantized))
-        zeroed = saved / saved_name("magnitude-zeroed", keep)
-        onnx.save(magnitude_zeroed(load_model(original), keep), str(zeroed))
-        for family, path in (("compress mi + int8", quantized), ("unstructured magnitude", zeroed)):
-            variants.append(
-                {"family": family, "keep": keep, "path": path, "accuracy": _accuracy(path, model_dir, data)}
-            )
+        variants += _derived(model_dir, calib, data, samples, saved, keep)
         peer = next(p for p in peers if p["keep"] == keep)
         if peer["accuracy"] is not None:
             path = saved / saved_name("onnxsim", keep)
             variants.append({"family": "onnxsim structured", "keep": keep, "path": path, "accuracy": peer["accuracy"]})
     return variants
+
+
+def _derived(model_dir: Path, calib: Path, data: Path, samples: int, saved: Path, keep: float) -> list[dict]:
+    """At one keep: compress mi then int8 (what --quantize int8 does), compress mi on the ORT-fused original, and
+    unstructured magnitude pruning."""
+    quantized = saved / saved_name("compress-mi-int8", keep)
+    onnx.save(quantize_int8(load_model(saved / saved_name("compress-mi", keep))), str(quantized))
+    from_fused = saved / saved_name("compress-mi-fused-input", keep)
+    result = compress(load_model(saved / "fused.onnx"), calib, keep=keep, samples=samples, tokenizer=model_dir)
+    onnx.save(result.model, str(from_fused))
+    zeroed = saved / saved_name("magnitude-zeroed", keep)
+    onnx.save(magnitude_zeroed(load_model(model_dir / "model.onnx"), keep), str(zeroed))
+    families = (
+        ("compress mi --quantize int8", quantized),
+        ("compress mi, fused input", from_fused),
+        ("unstructured magnitude", zeroed),
+    )
+    return [
+        {"family": family, "keep": keep, "path": path, "accuracy": _accuracy(path, model_dir, data)}
+        for family, path in families
+    ]
 
 
 def measure_speed(variants: list[dict], threads: int, runs: int) -> list[dict]:
@@ -127,8 +146,9 @@ def speed_markdown(points: list[dict], flops: list[dict], runs: int, threads: in
         "int8 alone in the same rounds. Speedup: the original's median latency over the model's (original and int8 "
         "alone: median over the three rounds). Unstructured magnitude: each encoder matrix keeps its largest `keep` "
         "fraction of weights, the rest zeroed in place. onnxsim: its best pipeline (below), a graph fused by ONNX "
-        "Runtime's optimizer. "
-        "int8: `onnxruntime.quantization.quantize_dynamic`, int8 weights per channel.",
+        "Runtime's optimizer. ORT-fused: the graph as `onnxruntime.transformers.optimizer.optimize_model` fuses it "
+        "(Attention, SkipLayerNormalization, BiasGelu...); `compress mi, fused input` compresses that fused graph. "
+        "int8: `onnxruntime.quantization.quantize_dynamic`, int8 weights per channel (what `--quantize int8` runs).",
         "",
         "![accuracy against speedup](bench/results/accuracy_vs_speedup.png)",
         "![accuracy against file size](bench/results/accuracy_vs_size.png)",
@@ -194,7 +214,7 @@ def main() -> None:
         saved = Path(folder)
         rows = accuracy_tables.accuracy_table(args.model, args.calib, args.data, args.samples, saved)
         peers = accuracy_tables.onnxsim_table(args.model, args.calib, args.data, args.samples, saved)
-        variants = build_variants(args.model, args.data, saved, rows, peers)
+        variants = build_variants(args.model, args.calib, args.data, args.samples, saved, rows, peers)
         points = measure_speed(variants, args.threads, args.runs)
         flops = flops_table(args.model, saved, points)
     costs = [accuracy_tables.compress_cost(args.model, args.calib, int(n)) for n in args.cost_samples.split(",")]

@@ -17,10 +17,15 @@ def _families(points: list[dict]) -> dict[str, list[dict]]:
     return found
 
 
+MARKERS = "os^vD<>ph*"
+
+
 def _scatter(axis, points: list[dict], x: str, label_keep: bool) -> None:
-    for family, members in _families(points).items():
+    colors = plt.cm.tab20.colors
+    for index, (family, members) in enumerate(_families(points).items()):
         members = sorted(members, key=lambda p: -(p["keep"] or 1.0))
-        axis.plot([p[x] for p in members], [p["accuracy"] for p in members], marker="o", label=family)
+        style = {"marker": MARKERS[index % len(MARKERS)], "color": colors[(2 * index) % len(colors)]}
+        axis.plot([p[x] for p in members], [p["accuracy"] for p in members], label=family, **style)
         for p in members if label_keep else ():
             if p["keep"] is not None:
                 axis.annotate(
