@@ -141,10 +141,11 @@ def speed_markdown(points: list[dict], flops: list[dict], runs: int, threads: in
     lines = [
         "## Speed, size and accuracy on CPU",
         "",
-        f"`compress bench` timing: sequence {SEQ}, ONNX Runtime CPU provider, intra-op threads {threads or 'default'}, "
-        f"{runs} timed runs per model after 2 warm-up runs, the models of one keep taking turns with the original and "
-        "int8 alone in the same rounds. Speedup: the original's median latency over the model's (original and int8 "
-        "alone: median over the three rounds). Unstructured magnitude: each encoder matrix keeps its largest `keep` "
+        f"`compress bench` timing: sequence {SEQ}, ONNX Runtime CPU provider, intra-op threads {threads or 'default'} "
+        "(not spinning between runs), "
+        f"{runs} timed runs per model after 2 warm-up runs, the models of one keep taking turns with the three "
+        "keep-less variants in the same rounds. Speedup: the original's median latency over the model's (keep-less "
+        "variants: median over the three rounds). Unstructured magnitude: each encoder matrix keeps its largest `keep` "
         "fraction of weights, the rest zeroed in place. onnxsim: its best pipeline (below), a graph fused by ONNX "
         "Runtime's optimizer. ORT-fused: the graph as `onnxruntime.transformers.optimizer.optimize_model` fuses it "
         "(Attention, SkipLayerNormalization, BiasGelu...); `compress mi, fused input` compresses that fused graph. "
@@ -175,8 +176,61 @@ def speed_markdown(points: list[dict], flops: list[dict], runs: int, threads: in
     for row in flops:
         lines.append(
             f"| {row['keep']} | {row['mflops_per_token']} | {row['original_mflops_per_token']} | "
-            f"{row['ideal_speedup']:.2f}x | {row['speedup_b32']:.2f}x | {row['share_of_ideal']:.0%} |"
+            f"{row['ideal_speedup']:.2f}x | {row['speedup_b32']:.2f}x | {row['share_of_ideal']:.1%} |"
         )
+    return lines + [""]
+
+
+def targets_markdown(found: dict) -> list[str]:
+    """The issues' measurable targets, each with the measured value from this run and whether it is met."""
+    point = {(p["family"], p["keep"]): p for p in found["points"]}
+    original = found["original_accuracy"]
+    checks = []
+    for keep, allowed in ((0.6, 1.0), (0.4, 3.0)):
+        drop = 100 * (original - point[("compress mi", keep)]["accuracy"])
+        checks.append(
+            (
+                f"keep {keep}: dev accuracy within {allowed} points of the original",
+                f"{-drop:+.2f} points",
+                drop <= allowed,
+            )
+        )
+    for peer in found["onnxsim"]:
+        if peer["accuracy"] is None:
+            continue
+        ours, same = point[("compress mi", peer["keep"])]["accuracy"], peer["compress_same_keep"]
+        checks.append(
+            (
+                f"keep {peer['keep']}: ahead of onnxsim ({peer['accuracy']:.4f}), at the same --keep / at its kept "
+                f"{peer['keep_achieved']:.3f}",
+                f"{ours:.4f} / {same:.4f}",
+                ours > peer["accuracy"] and same > peer["accuracy"],
+            )
+        )
+    share = found["flops"][-1]
+    checks.append(
+        (
+            f"keep {share['keep']}, batch 32: speedup at least 90% of the FLOPs ideal ({share['ideal_speedup']:.2f}x)",
+            f"{share['speedup_b32']:.2f}x, {share['share_of_ideal']:.1%}",
+            share["share_of_ideal"] >= 0.9,
+        )
+    )
+    int8 = point[("compress mi --quantize int8", 0.4)]
+    drop = 100 * (original - int8["accuracy"])
+    checks.append(
+        (
+            "keep 0.4 + int8, batch 32: at least 3.5x faster, dev accuracy within 3 points",
+            f"{int8['speedup_b32']:.2f}x, {-drop:+.2f} points",
+            int8["speedup_b32"] >= 3.5 and drop <= 3.0,
+        )
+    )
+    for cost in found["costs"]:
+        share = cost["stages"]["recovery"] / sum(cost["stages"].values())
+        checks.append(
+            (f"recovery under half of compress time ({cost['samples']} samples)", f"{share:.0%}", share < 0.5)
+        )
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {target} | {value} | {'yes' if met else '**no**'} |" for target, value, met in checks]
     return lines + [""]
 
 
@@ -191,6 +245,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
         f"which a fifth is held out for the fidelity check; accuracy on all of `{args.data.name}`.",
         "",
     ]
+    lines += targets_markdown(found)
     lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from bench.latency import interleaved
+from bench.providers import timing_options
 from compressor.calibration import Calibration
-from compressor.fidelity import session
 from compressor.progress import quiet_loggers
 
 TOLERANCE = 1e-3  # largest output difference, relative to the largest output magnitude
@@ -40,7 +41,7 @@ def optimize(model: onnx.ModelProto, data: Calibration, batch_size: int) -> tupl
     feeds = next(data.batches(data.by_length(range(len(data)))[-batch_size:], batch_size))
     report: dict = {"applied": False, "fused_ops": fused_ops, "batch": batch_size, "seq": _seq(feeds)}
     try:
-        runs = [session(model), session(fused)]
+        runs = [_timing_session(m) for m in (model, fused)]
         outputs = [run.run(None, feeds)[0] for run in runs]
     except Exception as exc:  # ORT raises several types for one cause: the fused graph does not run
         return model, {**report, "reason": f"the fused model does not run: {str(exc).splitlines()[0]}"}
@@ -69,6 +70,10 @@ _FUSED_OPS = {
     "Gelu",
     "BiasSoftmax",
 }
+
+
+def _timing_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), timing_options(0), providers=["CPUExecutionProvider"])
 
 
 def _seq(feeds: dict[str, np.ndarray]) -> int:
