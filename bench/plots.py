@@ -24,7 +24,8 @@ def _scatter(axis, points: list[dict], x: str, label_keep: bool) -> None:
     colors = plt.cm.tab20.colors
     for index, (family, members) in enumerate(_families(points).items()):
         members = sorted(members, key=lambda p: -(p["keep"] or 1.0))
-        style = {"marker": MARKERS[index % len(MARKERS)], "color": colors[(2 * index) % len(colors)]}
+        color = colors[(2 * index) % len(colors) + (2 * index) // len(colors)]  # dark shades first, then light
+        style = {"marker": MARKERS[index % len(MARKERS)], "color": color}
         axis.plot([p[x] for p in members], [p["accuracy"] for p in members], label=family, **style)
         for p in members if label_keep else ():
             if p["keep"] is not None:
