@@ -52,8 +52,9 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
         {"file_mb": round(file_bytes(m, g) / 1e6, 2), "parameters": parameter_count(g)} for m, g in zip(models, graphs)
     ]
     names = labels(models)
-    skipped = [reason for p in settings.providers if (reason := unavailable(p))]
-    providers = [p for p in settings.providers if not unavailable(p)]
+    reasons = {p: unavailable(p) for p in settings.providers}
+    skipped = [reason for reason in reasons.values() if reason]
+    providers = [p for p, reason in reasons.items() if not reason]
     if not providers:
         raise BenchError(skipped[0])
     rows = []

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from bench.workload import parameter_count
+
 
 @dataclass
 class OnnxsimResult:
@@ -38,9 +40,5 @@ def onnxsim_structured(
     pruned = apply_attention_head_wanda_pruning(fused, calibration_data=list(batches), sparsity=1 - keep)
     pruned = apply_structured_wanda_pruning(pruned, calibration_data=list(batches), sparsity=1 - keep)
     refit = apply_pruning_finetune(fused, pruned, calibration_data=list(batches))
-    removed = _parameters(fused) - _parameters(refit)
+    removed = parameter_count(fused) - parameter_count(refit)
     return OnnxsimResult(refit, (encoder_weights - removed) / encoder_weights, time.perf_counter() - start)
-
-
-def _parameters(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from bench.errors import BenchError
+from graph_passes.model_io import external_data_files
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
@@ -78,11 +79,4 @@ def parameter_count(model: onnx.ModelProto) -> int:
 
 def file_bytes(path: Path, model: onnx.ModelProto) -> int:
     """The model file plus the external data files it refers to."""
-    external = {
-        entry.value
-        for tensor in model.graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return path.stat().st_size + sum((path.parent / name).stat().st_size for name in external)
+    return path.stat().st_size + sum((path.parent / name).stat().st_size for name in external_data_files(model))

@@ -68,6 +68,8 @@ class ChannelGroup:
 
     def unit_major(self, dim: int) -> np.ndarray:
         """The axis's indices reordered unit by unit (unit 0's entries, then unit 1's...)."""
+        if self.dims[dim][0] != SECTIONS:  # flat and units axes are already unit-major
+            return np.arange(self.units * self.dims[dim][1] if self.dims[dim][0] == FLAT else self.units)
         units = [self.kept_on(dim, np.arange(self.units) == u) for u in range(self.units)]
         return np.concatenate(units)
 
