@@ -109,8 +109,11 @@ def load_calibration(
     label_column: str | None = None,
     samples: int = 512,
     max_length: int = 128,
+    seed: int = 0,
 ) -> Calibration:
-    """Read `path` (.tsv, .csv, .jsonl or .npz) into a Calibration that matches the model's inputs."""
+    """Read `path` (.tsv, .csv, .jsonl or .npz) into a Calibration that matches the model's inputs.
+
+    A text file with more than `samples` rows gives `samples` of them, drawn with `seed`; an .npz its first ones."""
     if not path.is_file():
         raise CalibrationError(f"calibration file {path} does not exist")
     inputs = model_inputs(model)
@@ -119,7 +122,7 @@ def load_calibration(
     rows = _read_rows(path)
     if not rows:
         raise CalibrationError(f"calibration file {path} has no rows; give it at least one sample")
-    rows = _sample(rows, samples)
+    rows = _sample(rows, samples, seed)
     columns = text_columns or _detect_text_columns(path, rows[0])
     missing = [c for c in columns if c not in rows[0]]
     if missing:
@@ -130,7 +133,7 @@ def load_calibration(
     return Calibration(inputs, texts=texts, labels=labels, tokenizer=tokenizer, max_length=max_length, source=str(path))
 
 
-def _sample(rows: list, samples: int, seed: int = 0) -> list:
+def _sample(rows: list, samples: int, seed: int) -> list:
     """`samples` rows drawn without replacement (seeded), in file order; all of them when there are fewer."""
     if len(rows) <= samples:
         return rows

@@ -77,7 +77,12 @@ def run(
     text_columns: ColumnsOpt = None,
     label_column: LabelOpt = None,
     batch_size: Annotated[int, typer.Option(help="samples per ONNX Runtime run")] = 32,
-    seed: Annotated[int, typer.Option(help="seed for sampling, held-out split and --method random")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="seed for the calibration rows drawn from a text file, the held-out split and --method random"
+        ),
+    ] = 0,
     recover: Annotated[
         bool, typer.Option("--recover/--no-recover", help="refit the projections after pruned units by least squares")
     ] = True,

@@ -69,7 +69,8 @@ def compress(
     original model's activations or, with `refit_inputs="pruned"`, the pruned model's. `optimize` then applies ONNX
     Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
     `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel); the report gives the fidelity of
-    the float and of the quantized model.
+    the float and of the quantized model. `seed` draws the calibration rows from a file that has more than `samples`
+    (and the synthetic fallback's), splits off the held-out samples and seeds `method="random"`.
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -100,6 +101,7 @@ def compress(
         label_column,
         samples,
         max_length,
+        seed,
         reporter,
     )
     scored, held_out = split(len(data), seed)
@@ -159,6 +161,7 @@ def _calibration(
     label_column: str | None,
     samples: int,
     max_length: int,
+    seed: int,
     reporter: Reporter,
 ) -> calib.Calibration:
     if value is None:
@@ -166,10 +169,17 @@ def _calibration(
             "warning: no calibration data (--calib); scoring on random word sequences from the tokenizer. "
             "Pass sentences like the ones the model will see for a meaningful choice."
         )
-        return calib.synthetic(model, tokenizer_path, samples, max_length)
+        return calib.synthetic(model, tokenizer_path, samples, max_length, seed)
     if isinstance(value, (str, Path)):
         return calib.load_calibration(
-            Path(value), model, tokenizer_path, list(text_columns or []) or None, label_column, samples, max_length
+            Path(value),
+            model,
+            tokenizer_path,
+            list(text_columns or []) or None,
+            label_column,
+            samples,
+            max_length,
+            seed,
         )
     if isinstance(value, Mapping):
         return calib.from_arrays(dict(value), model, samples)

@@ -25,6 +25,14 @@ def test_text_files_detect_columns_and_labels(tiny_folder, model, name, kind):
     assert (feeds["attention_mask"] == 0).any()  # padded to the longest of the batch
 
 
+def test_seed_draws_the_rows(tiny_folder, model):
+    drawn = {
+        seed: load_calibration(tiny_folder / "calib.tsv", model, tiny_folder, samples=30, seed=seed) for seed in (0, 1)
+    }
+    again = load_calibration(tiny_folder / "calib.tsv", model, tiny_folder, samples=30, seed=1)
+    assert drawn[0].texts != drawn[1].texts and drawn[1].texts == again.texts
+
+
 def test_sentence_pairs_and_named_columns(tiny_folder, model, tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("premise\thypothesis\tgold\nw1 w2\tw3\t0\nw4\tw5 w6 w7\t1\n")
