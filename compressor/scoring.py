@@ -35,35 +35,55 @@ def top_k(scores: np.ndarray, count: int) -> np.ndarray:
 def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, np.ndarray]:
     """Top-down: the top layer against what it writes, each layer below against what the layer above kept reads.
 
-    A layer's units U reach the layer above as T = U W R: W its output projections (attention output, FFN down),
-    R the projections through which the kept units above read the stream (their Q, K, V and FFN up columns; the
-    identity at the top). Through a Gaussian channel Y = T + N, N ~ N(0, σ²I), removing block b from the kept set
-    loses I(U; Y) - I(U without b; Y) ≈ tr(Σ_b|rest · (W R)_b (W R)_bᵀ) / 2σ² at low signal-to-noise: the variance
+    A layer's units U reach the layer above as T = U W R: W their output projection (attention output for the heads,
+    FFN down for the neurons), R the projections through which the kept units above read the stream (their Q, K, V
+    and FFN up columns; the identity at the top). Through a Gaussian channel Y = T + N, N ~ N(0, σ²I), removing block
+    b loses I(U; Y) - I(U without b; Y) ≈ tr(Σ_b|rest · (W R)_b (W R)_bᵀ) / 2σ² at low signal-to-noise: the variance
     the layer above would read from b that the remaining units cannot explain. σ² is common to a layer, so it does
     not change the ranking. Heads and neurons are removed in a few rounds; unlike a score per unit, the conditional
     variance does not keep two units that carry the same information.
+
+    Heads are conditioned on the layer's other heads only, neurons on its other neurons only: that is what recovery
+    re-expresses a removed unit through (each output projection is refit from its own kept inputs), and the neurons
+    are computed from the heads' output, so they cannot stand in for a head that is gone (conditioning heads on the
+    neurons too measured 0.7 points lower dev accuracy at keep 0.4 on minilm-sst2, mean of three calibration draws).
     """
     masks: dict[str, np.ndarray] = {}
     layers = stats.plan.layers
     hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)
     for i in reversed(range(len(layers))):
         taps = layers[i]
-        width = taps.heads_size // analysis.group(taps.heads).units
-        blocks = [np.arange(b * width, (b + 1) * width) for b in range(taps.heads_size // width)]
-        blocks += [np.array([taps.heads_size + j]) for j in range(taps.ffn_size)]
-        owner = np.array([0] * (taps.heads_size // width) + [1] * taps.ffn_size)
-        targets = [counts.get(taps.heads, taps.heads_size // width), counts.get(taps.ffn, taps.ffn_size)]
         read = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
-        alive = _eliminate([ReadLoss(_ridge(stats.layers[i].covariance()), read @ read.T)], blocks, owner, targets)
-        masks[taps.heads], masks[taps.ffn] = alive[owner == 0], alive[owner == 1]
-        hidden_kept[i] = np.concatenate([blocks[b] for b in np.flatnonzero(alive)])
+        units = analysis.group(taps.heads).units, taps.ffn_size
+        wanted = counts.get(taps.heads, units[0]), counts.get(taps.ffn, units[1])
+        masks[taps.heads], masks[taps.ffn] = layer_masks(stats.layers[i].covariance(), read @ read.T, units, wanted)
+        width = taps.heads_size // units[0]
+        hidden_kept[i] = np.concatenate(
+            [np.flatnonzero(np.repeat(masks[taps.heads], width)), taps.heads_size + np.flatnonzero(masks[taps.ffn])]
+        )
     if "hidden" in counts:
         systems = [InformationLoss(*pair) for pair in _hidden_systems(stats, hidden_kept)]
         channels = stats.hidden[0].dim
-        masks["hidden"] = _eliminate(
-            systems, [np.array([c]) for c in range(channels)], np.zeros(channels, dtype=int), [counts["hidden"]]
-        )
+        masks["hidden"] = _eliminate(systems, [np.array([c]) for c in range(channels)], counts["hidden"])
     return {name: mask for name, mask in masks.items() if name in counts}
+
+
+def layer_masks(
+    covariance: np.ndarray, gram: np.ndarray, units: tuple[int, int], wanted: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kept heads and kept neurons of one layer. `covariance` and `gram` (G = (W R)(W R)ᵀ) run over the layer's
+    units U: the heads' dimensions (units[0] equal blocks), then the neurons (units[1]); each kind is eliminated
+    against its own kind only."""
+    heads_size = len(covariance) - units[1]
+    width = heads_size // units[0]
+    kinds = (
+        (np.arange(heads_size), [np.arange(b * width, (b + 1) * width) for b in range(units[0])], wanted[0]),
+        (np.arange(heads_size, len(covariance)), [np.array([j]) for j in range(units[1])], wanted[1]),
+    )
+    return tuple(
+        _eliminate([ReadLoss(_ridge(covariance[np.ix_(dims, dims)]), gram[np.ix_(dims, dims)])], blocks, target)
+        for dims, blocks, target in kinds
+    )
 
 
 def _read_through(
@@ -124,32 +144,24 @@ class ReadLoss:
 
 
 def _eliminate(
-    systems: list[InformationLoss | ReadLoss],
-    blocks: list[np.ndarray],
-    owner: np.ndarray,
-    targets: list[int],
-    rounds: int = ROUNDS,
+    systems: list[InformationLoss | ReadLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
 ) -> np.ndarray:
-    """Greedy backward elimination of blocks, per owner group, down to `targets` blocks, in `rounds` steps.
+    """Greedy backward elimination of blocks down to `target` of them, in `rounds` steps.
 
     A block's loss is summed over the systems (the hidden stream informs every layer that reads it). The precision
     matrices are inverted once; removing dimensions d from a precision matrix P leaves the precision of the rest as
     the Schur complement P_rr - P_rd P_dd⁻¹ P_dr.
     """
     alive = np.ones(len(blocks), dtype=bool)
-    totals = [int((owner == g).sum()) for g in range(len(targets))]
     dims = np.concatenate(blocks)
     precisions = [[np.linalg.inv(matrix) for matrix in system.matrices] for system in systems]
     widths = np.array([len(b) for b in blocks])
     for step in range(1, rounds + 1):
         ids = np.flatnonzero(alive)
         loss = sum(system.losses(p, widths[ids], dims) for system, p in zip(systems, precisions))
-        for group, (total, target) in enumerate(zip(totals, targets)):
-            goal = round(total - (total - target) * step / rounds)
-            mine = owner[ids] == group
-            surplus = int(mine.sum()) - goal
-            if surplus > 0:
-                alive[ids[mine][np.argsort(loss[mine], kind="stable")[:surplus]]] = False
+        surplus = len(ids) - round(len(blocks) - (len(blocks) - target) * step / rounds)
+        if surplus > 0:
+            alive[ids[np.argsort(loss, kind="stable")[:surplus]]] = False
         keep = np.isin(dims, np.concatenate([blocks[b] for b in np.flatnonzero(alive)]))
         precisions = [[_remove(p, keep) for p in pair] for pair in precisions]
         dims = dims[keep]

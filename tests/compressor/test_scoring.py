@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compressor.scoring import InformationLoss, ReadLoss, _conditioned, _eliminate, top_k
+from compressor.scoring import InformationLoss, ReadLoss, _conditioned, _eliminate, layer_masks, top_k
 
 
 def marginal_mi(cov: np.ndarray, units: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_elimination_drops_a_duplicate_before_a_weaker_unique_unit():
     targets = np.stack([a, b], axis=1)
     cov = np.cov(np.hstack([units, targets]).T)
     system = _conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:])
-    alive = _eliminate([InformationLoss(*system)], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    alive = _eliminate([InformationLoss(*system)], [np.array([i]) for i in range(3)], 2)
     assert alive[2] and alive.sum() == 2
     marginal_choice = top_k(marginal_mi(cov, 3), 2)
     assert not marginal_choice[2]  # what per-unit MI alone would have kept: both duplicates
@@ -55,7 +55,7 @@ def test_heads_are_removed_as_blocks():
     head1 = rng.standard_normal((20_000, 2))  # noise head
     cov = np.cov(np.hstack([head0, head1, signal]).T)
     system = _conditioned(cov[:4, :4], cov[:4, 4:], cov[4:, 4:])
-    alive = _eliminate([InformationLoss(*system)], [np.arange(2), np.arange(2, 4)], np.zeros(2, dtype=int), [1])
+    alive = _eliminate([InformationLoss(*system)], [np.arange(2), np.arange(2, 4)], 1)
     assert alive.tolist() == [True, False]
 
 
@@ -71,9 +71,7 @@ def test_loss_is_summed_over_systems():
     for target in (a, b):
         cov = np.cov(np.hstack([units, target[:, None]]).T)
         systems.append(_conditioned(cov[:3, :3], cov[:3, 3:], cov[3:, 3:]))
-    alive = _eliminate(
-        [InformationLoss(*s) for s in systems], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2]
-    )
+    alive = _eliminate([InformationLoss(*s) for s in systems], [np.array([i]) for i in range(3)], 2)
     assert alive.tolist() == [True, True, False]
 
 
@@ -99,7 +97,7 @@ def test_read_loss_is_the_variance_the_rest_cannot_explain():
     assert loss[2] > loss[0]
     unread = ReadLoss(cov, np.diag([1.0, 1.0, 0.0]))
     assert unread.losses([np.linalg.inv(cov)], np.ones(3, dtype=int), np.arange(3))[2] == 0
-    alive = _eliminate([system], [np.array([i]) for i in range(3)], np.zeros(3, dtype=int), [2])
+    alive = _eliminate([system], [np.array([i]) for i in range(3)], 2)
     assert alive[2] and alive.sum() == 2
 
 
@@ -113,3 +111,18 @@ def test_read_loss_scores_a_head_as_a_block():
     for block, value in zip((slice(0, 2), slice(2, 4)), loss):
         conditional = np.linalg.inv(precision[block, block])
         assert np.isclose(value, np.trace(conditional @ read[block] @ read[block].T))
+
+
+def test_a_head_is_not_dropped_because_the_neurons_computed_from_it_repeat_it():
+    """Head 0 (two dimensions) is strong, head 1 weak; the two FFN neurons are copies of head 0's output, as neurons
+    computed from the attention output can be. Conditioned on the neurons, head 0 would look redundant; but recovery
+    refits the attention output from the kept heads only, and the neurons change once head 0 is gone."""
+    rng = np.random.default_rng(6)
+    head0 = 2.0 * rng.standard_normal((50_000, 2))
+    head1 = 0.5 * rng.standard_normal((50_000, 2))
+    neurons = head0 + 0.05 * rng.standard_normal((50_000, 2))
+    cov = np.cov(np.hstack([head0, head1, neurons]).T)
+    heads, kept_neurons = layer_masks(cov, np.eye(6), (2, 2), (1, 2))
+    assert heads.tolist() == [True, False] and kept_neurons.all()
+    joint = ReadLoss(cov, np.eye(6)).losses([np.linalg.inv(cov)], np.array([2, 2, 1, 1]), np.arange(6))
+    assert joint[0] < joint[1]  # one system over heads and neurons would rank the strong head below the weak one
