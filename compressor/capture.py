@@ -3,13 +3,15 @@
 Per layer l the units are U_l = [head outputs (the attention output projection's input), FFN neurons (the down
 projection's input)]; the hidden stream is tapped where layer l reads it (the Q/K/V input) and where the head reads it.
 Rows are tokens, padding excluded. A model with a head (a classifier or regressor) is also summarised where the head
-reads the stream, one row per sentence, against the top signal T: the labels, else the model's own prediction.
+reads the stream, one row per sentence, against the top signal T: the labels, else the model's own prediction. Every
+other reader of the hidden stream (the FFN up projections, a pooler under a per-token output) has its input tapped
+for its per-channel norm only, so that a score over the stream's readers (wanda) sees all of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -42,6 +44,27 @@ class CapturePlan:
     top_hidden: str | None  # hidden stream as the head reads it (pooler input); None for encoders
     output: str
     sentence_output: bool  # the output has one row per sentence (a classifier or regressor)
+    reader_inputs: list[str]  # inputs of the hidden stream's readers that no tap above captures
+
+
+@dataclass
+class SquareSums:
+    """Running sum of x² per channel over rows, and the row count: all that an input norm needs."""
+
+    dim: int
+    count: int = 0
+    squares: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.squares = np.zeros(self.dim)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = rows.astype(np.float64, copy=False)
+        self.count += len(rows)
+        self.squares += np.einsum("ij,ij->j", rows, rows)
+
+    def second_moment_diag(self) -> np.ndarray:
+        return self.squares / max(self.count, 1)
 
 
 @dataclass
@@ -51,6 +74,7 @@ class CapturedStats:
     hidden: list[Moments]  # h_l against U_l (partner), tokens
     top_hidden: Moments | None  # hidden as the head reads it, against T; None for an encoder without a head
     top_kind: str  # T: "label", "prediction" or "output"
+    readers: dict[str, SquareSums]  # per name in plan.reader_inputs
 
 
 def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
@@ -77,7 +101,10 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
     output = analysis.model.graph.output[0].name
     sentence_output = len(analysis.values[output].shape) == 2
     top_hidden = analysis.linear(head_readers[0]).activation if head_readers and sentence_output else None
-    return CapturePlan(layers, top_hidden, output, sentence_output)
+    tapped = {t.hidden_tensor for t in layers} | {top_hidden}
+    reader_inputs = [analysis.linear(w).activation for g in hidden for w in g.readers]
+    untapped = list(dict.fromkeys(name for name in reader_inputs if name not in tapped))
+    return CapturePlan(layers, top_hidden, output, sentence_output, untapped)
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
@@ -111,7 +138,7 @@ def capture(
     """Run the model over the chosen samples and accumulate every moment the scorers need."""
     plan = plan_capture(analysis)
     names = [n for t in plan.layers for n in (t.heads_tensor, t.ffn_tensor, t.hidden_tensor)]
-    names += [plan.output] + ([plan.top_hidden] if plan.top_hidden else [])
+    names += [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
     session = capture_session(analysis.model, names)
     sizes = [t.size for t in plan.layers]
     layers = [Moments(d) for d in sizes]
@@ -119,6 +146,7 @@ def capture(
     hidden = [Moments(hidden_size, d) for d in sizes]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden else None
+    readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs}
     done = 0
     for feeds in calibration.batches(indices, batch_size):
         outputs = dict(zip(names, session.run(names, feeds)))
@@ -127,13 +155,20 @@ def capture(
             units = _units(outputs, taps, mask)
             moments.add(units)
             stream.add(outputs[taps.hidden_tensor][mask], units)
+        for name, sums in readers.items():
+            sums.add(_rows(outputs[name], mask))
         if top_hidden is not None:
             labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + len(mask)])]
             top_hidden.add(outputs[plan.top_hidden], _top_rows(outputs[plan.output], labels, top_dim, top_kind))
         done += len(mask)
         if progress:
             progress(len(mask))
-    return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output")
+    return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output", readers)
+
+
+def _rows(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-token values at unpadded tokens; per-sentence values (a pooler's input) as they are."""
+    return values[mask] if values.ndim == mask.ndim + 1 else values
 
 
 def _units(outputs: dict[str, np.ndarray], taps: LayerTaps, mask: np.ndarray) -> np.ndarray:

@@ -232,15 +232,13 @@ def magnitude_scores(analysis: GraphAnalysis, group: ChannelGroup) -> np.ndarray
 
 
 def wanda_scores(analysis: GraphAnalysis, group: ChannelGroup, input_norms: dict[str, np.ndarray]) -> np.ndarray:
-    """|W|·‖X‖ summed over the unit's entries in every weight that reads it (Sun et al., structured)."""
+    """|W|·‖X‖ summed over the unit's entries in every weight that reads it (Sun et al., structured). Capture taps
+    the input of every reader of a prunable group, so a reader whose input norm is missing is an error."""
     total = np.zeros(group.units)
     for weight in group.readers:
-        activation = analysis.linear(weight).activation
-        if activation not in input_norms:
-            continue
-        matrix = np.abs(analysis.values[weight])
         linear = analysis.linear(weight)
-        rows = np.moveaxis(matrix, linear.in_axis, 0) * input_norms[activation][:, None]
+        matrix = np.abs(analysis.values[weight])
+        rows = np.moveaxis(matrix, linear.in_axis, 0) * input_norms[linear.activation][:, None]
         total += rows.reshape(group.units, -1).sum(axis=1)
     return total
 
@@ -255,6 +253,7 @@ def input_norms(stats: CapturedStats) -> dict[str, np.ndarray]:
         norms[taps.hidden_tensor] = np.sqrt(hidden.second_moment_diag())
     if stats.top_hidden is not None:
         norms[stats.plan.top_hidden] = np.sqrt(stats.top_hidden.second_moment_diag())
+    norms.update({name: np.sqrt(sums.second_moment_diag()) for name, sums in stats.readers.items()})
     return norms
 
 
