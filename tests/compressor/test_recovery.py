@@ -8,11 +8,11 @@ import pytest
 import tiny_models
 from onnx import numpy_helper
 
-from compressor import compress
+from compressor import compress, recovery
 from compressor.calibration import from_arrays
 from compressor.capture import capture_session, token_mask
 from compressor.fidelity import session
-from compressor.recovery import CHECK_EVERY, RIDGES, Recovery, projections, recover
+from compressor.recovery import CHECK_EVERY, RIDGES, projections, recover
 from graph_passes import (
     analyze,
     apply_masks,
@@ -143,26 +143,53 @@ def test_too_few_samples_for_the_unknowns_stay_finite(export_cache):
     assert all(np.isfinite(r.error_after) for r in refits)
 
 
+def _hidden_run(export_cache, **options):
+    """Tiny RoBERTa at keep 0.5 with the hidden stream pruned: a case where the refit lowers the held-out error."""
+    _, path = export_cache("roberta", "classifier", "optimum-opset17")
+    feeds = tiny_models.sample_inputs("roberta", 60, 10, seed=4)
+    return compress(path, feeds, keep=0.5, granularity=("heads", "ffn", "hidden"), **options)
+
+
+def _same_weights(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    first, second = _initializers(a), _initializers(b)
+    return first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
 def test_hidden_stream_pruning_is_refit_at_the_kept_channels(export_cache):
-    """With the hidden stream pruned, the refit weights keep the pruned shapes; whether the refit model is shipped
-    is decided by its output error on held-out samples, and the report says so."""
-    _, path = export_cache("distilbert", "classifier", "optimum-opset17")
-    feeds = tiny_models.sample_inputs("distilbert", 60, 10, seed=4)
-    result = compress(path, feeds, keep=0.5, granularity=("heads", "ffn", "hidden"))
+    """With the hidden stream pruned, the refit weights keep the pruned shapes, and the model shipped is the refit
+    one: its weights differ from those of the same run without recovery."""
+    result = _hidden_run(export_cache)
     recovery = result.report["recovery"]
-    assert any(r["applied"] for r in recovery["projections"])
-    assert recovery["kept"] == (recovery["output_error"]["refit"] < recovery["output_error"]["sliced"])
+    assert any(r["applied"] for r in recovery["projections"]) and recovery["kept"]
+    assert not _same_weights(result.model, _hidden_run(export_cache, recover=False).model)
     hidden = analyze(result.model).group("hidden").units
     assert hidden == next(g["units_after"] for g in result.report["groups"] if g["kind"] == "hidden") < 64
     assert "recovery" in result.report["seconds"]
 
 
-def test_a_refit_that_worsens_the_output_is_not_shipped(export_cache):
+def test_compress_ships_the_sliced_model_when_the_refit_is_worse(export_cache, monkeypatch):
+    """Refits written ten times too large make the output worse: the report says not kept, and the model's weights
+    are exactly those of the run without recovery."""
+    write = recovery._write
+    monkeypatch.setattr(recovery, "_write", lambda model, projection, weights: write(model, projection, 10 * weights))
+    result = _hidden_run(export_cache)
+    report = result.report["recovery"]
+    assert any(r["applied"] for r in report["projections"]) and report["kept"] is False
+    assert _same_weights(result.model, _hidden_run(export_cache, recover=False).model)
+
+
+def test_a_refit_that_worsens_the_output_is_not_shipped(export_cache, monkeypatch):
+    """Every applied refit lowered its own projection's held-out error, but the weights written are ten times too
+    large, so the model's output moves away from the original's: recover() must measure that and hand back the sliced
+    model."""
     analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
     pruned = apply_masks(analysis, masks)
+    write = recovery._write
+    monkeypatch.setattr(recovery, "_write", lambda model, projection, weights: write(model, projection, 10 * weights))
     result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16)
-    worse = Recovery(result.model, result.refits, {"sliced": 1.0, "refit": 2.0})
-    assert not worse.kept and worse.summary()["kept"] is False
+    assert any(r.applied for r in result.refits)
+    assert result.model is pruned
+    assert result.summary()["kept"] is False and result.output_error["refit"] > result.output_error["sliced"]
 
 
 def test_no_recover_leaves_the_sliced_model(tiny_folder):
