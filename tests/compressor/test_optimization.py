@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import tiny_models
+from onnx import numpy_helper
 
-from compressor import compress
+from bench.latency import Timing
+from compressor import compress, optimization
 from compressor.calibration import from_arrays
 from compressor.fidelity import session
 from compressor.optimization import fuse
@@ -40,3 +43,82 @@ def test_optimize_ships_the_fused_model_only_when_it_is_not_slower(export_cache)
     assert plain.report["optimization"] is None
     feeds = next(from_arrays(data, result.model, 8).batches(range(8), 8))
     assert np.allclose(session(result.model).run(None, feeds)[0], session(plain.model).run(None, feeds)[0], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def pruned_and_fused(export_cache):
+    """The tiny BERT with heads pruned, its real fusion, and calibration inputs for it."""
+    _, path = export_cache("bert", "classifier", "optimum-opset17")
+    analysis = analyze(load_model(path))
+    pruned = apply_masks(analysis, {"heads[0]": np.array([True, False, True, False])})
+    data = from_arrays(tiny_models.sample_inputs("bert", 16, 12, seed=5), pruned, 16)
+    return pruned, fuse(pruned), data
+
+
+def _fusing_into(monkeypatch, fused: onnx.ModelProto) -> None:
+    monkeypatch.setattr(optimization, "fuse", lambda model: fused)
+
+
+def _timed_at(monkeypatch, unfused_ms: float, fused_ms: float) -> list:
+    """Replace the interleaved timing with fixed run times; returns the sessions it was asked to time."""
+    timed = []
+
+    def fake(sessions, inputs, batch, warmup, runs):
+        timed.extend(sessions)
+        return [Timing([ms / 1e3] * runs, batch) for ms in (unfused_ms, fused_ms)]
+
+    monkeypatch.setattr(optimization, "interleaved", fake)
+    return timed
+
+
+def _edited(model: onnx.ModelProto, edit) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    edit(copy)
+    return copy
+
+
+def test_a_fused_model_that_does_not_run_is_not_shipped(pruned_and_fused, monkeypatch):
+    pruned, fused, data = pruned_and_fused
+    attention = next(i for i, n in enumerate(fused.graph.node) if n.op_type == "Attention")
+    _fusing_into(monkeypatch, _edited(fused, lambda m: setattr(m.graph.node[attention], "op_type", "NoSuchOp")))
+    shipped, report = optimization.optimize(pruned, data, 8)
+    assert shipped is pruned and not report["applied"]
+    assert report["reason"].startswith("the fused model does not run: ") and "NoSuchOp" in report["reason"]
+
+
+def test_nothing_fused_is_not_shipped(pruned_and_fused, monkeypatch):
+    pruned, _, data = pruned_and_fused
+    _fusing_into(monkeypatch, _edited(pruned, lambda m: None))
+    shipped, report = optimization.optimize(pruned, data, 8)
+    assert shipped is pruned and not report["applied"] and report["fused_ops"] == {}
+    assert report["reason"] == "nothing was fused" and report["output_difference"] == 0
+
+
+def test_fused_outputs_that_differ_are_not_shipped(pruned_and_fused, monkeypatch):
+    """The fused graph with its classifier weight doubled: fusion happened, the outputs moved."""
+    pruned, fused, data = pruned_and_fused
+
+    def double_classifier(model: onnx.ModelProto) -> None:
+        weight = next(t for t in model.graph.initializer if t.name == "classifier.weight")
+        weight.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(weight), weight.name))
+
+    _fusing_into(monkeypatch, _edited(fused, double_classifier))
+    timed = _timed_at(monkeypatch, 2.0, 1.0)
+    shipped, report = optimization.optimize(pruned, data, 8)
+    assert shipped is pruned and not report["applied"] and report["fused_ops"]["Attention"] == 2
+    assert report["output_difference"] > optimization.TOLERANCE and report["reason"].startswith("fused outputs differ")
+    assert not timed and "p50_ms" not in report
+
+
+@pytest.mark.parametrize(("fused_ms", "applied"), [(2.5, False), (2.0, True), (1.5, True)])
+def test_the_fused_model_is_shipped_only_when_not_slower(pruned_and_fused, monkeypatch, fused_ms, applied):
+    pruned, fused, data = pruned_and_fused
+    _fusing_into(monkeypatch, fused)
+    timed = _timed_at(monkeypatch, 2.0, fused_ms)
+    shipped, report = optimization.optimize(pruned, data, 8)
+    assert len(timed) == 2 and report["output_difference"] <= optimization.TOLERANCE
+    assert report["p50_ms"] == {"unfused": 2.0, "fused": fused_ms}
+    assert report["applied"] is applied and shipped is (fused if applied else pruned)
+    slower = "the fused model is slower on calibration inputs (CPU)"
+    assert report["reason"] == ("validated, same outputs, not slower" if applied else slower)
