@@ -21,6 +21,7 @@ from compressor.errors import BudgetError
 from compressor.evaluation import evaluate_file
 from compressor.scoring import METHODS
 from graph_passes import analyze, load_model
+from user_errors import first_line
 
 KEEPS = (0.8, 0.6, 0.4)
 SEEDS = (0, 1, 2)  # calibration draws of the onnxsim comparison
@@ -126,7 +127,7 @@ def _peer_run(
         result = onnxsim_structured(str(model / "model.onnx"), batches, keep, encoder)
         accuracy = evaluate_file(result.model, data, model, None, None, 64)["accuracy"]
     except Exception as exc:  # the peer's own failure is a result to report, not a reason to stop
-        return {**row, "accuracy": None, "error": str(exc).splitlines()[0][:200]}
+        return {**row, "accuracy": None, "error": first_line(exc)[:200]}
     if target is not None:
         onnx.save(result.model, str(target))
     start = time.perf_counter()

@@ -14,6 +14,7 @@ from bench.latency import Timing, interleaved, peak_memory_mb
 from bench.machine import describe
 from bench.providers import open_session, unavailable
 from bench.workload import feeds, file_bytes, load_graph, parameter_count
+from user_errors import first_line
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _timed(models, sessions, inputs, batch: int, seq: int, settings: Settings) -
     try:
         return interleaved(sessions, inputs, batch, settings.warmup, settings.runs)
     except Exception as exc:  # ORT raises several types for one cause: a model that cannot run these inputs
-        first = str(exc).splitlines()[0][:300]
+        first = first_line(exc)[:300]
         raise BenchError(f"a model fails at batch {batch}, sequence {seq} ({first}); check --batch and --seq") from exc
 
 

@@ -10,11 +10,12 @@ import warnings
 from pathlib import Path
 
 from compressor.progress import quiet_loggers
+from user_errors import UserError
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 
 
-class DefaultModelError(RuntimeError):
+class DefaultModelError(UserError):
     """The embedded default model cannot be provided (package missing, export failed)."""
 
 

@@ -1,9 +1,9 @@
 """Errors a user can cause in the pipeline; the CLI prints each as one line and exits with code 2."""
 
-from graph_passes.errors import GraphPassError
+from user_errors import UserError
 
 
-class CompressorError(GraphPassError):
+class CompressorError(UserError):
     """Base class for pipeline errors explained in one line."""
 
 

@@ -20,6 +20,7 @@ from bench.latency import interleaved
 from bench.providers import timing_options
 from compressor.calibration import Calibration
 from compressor.progress import quiet_loggers
+from user_errors import first_line
 
 TOLERANCE = 1e-3  # largest output difference, relative to the largest output magnitude
 WARMUP, RUNS = 2, 10
@@ -44,7 +45,7 @@ def optimize(model: onnx.ModelProto, data: Calibration, batch_size: int) -> tupl
         runs = [_timing_session(m) for m in (model, fused)]
         outputs = [run.run(None, feeds)[0] for run in runs]
     except Exception as exc:  # ORT raises several types for one cause: the fused graph does not run
-        return model, {**report, "reason": f"the fused model does not run: {str(exc).splitlines()[0]}"}
+        return model, {**report, "reason": f"the fused model does not run: {first_line(exc)}"}
     difference = float(np.abs(outputs[0] - outputs[1]).max() / max(np.abs(outputs[0]).max(), 1e-12))
     report["output_difference"] = difference
     if not fused_ops:

@@ -1,7 +1,9 @@
 """Error types raised by graph analysis and rewriting; the CLI turns each into one line."""
 
+from user_errors import UserError
 
-class GraphPassError(Exception):
+
+class GraphPassError(UserError):
     """Base class: a problem with the model or the request, explained in one line."""
 
 
