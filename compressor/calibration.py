@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import warnings
 from collections.abc import Iterator, Sequence
@@ -13,6 +15,7 @@ import numpy as np
 import onnx
 
 from compressor.errors import CalibrationError, CalibrationMismatchError
+from user_errors import first_line
 
 TEXT_COLUMN_PAIRS = [
     ("sentence1", "sentence2"),
@@ -24,6 +27,15 @@ TEXT_COLUMN_PAIRS = [
 ]
 TEXT_COLUMNS = ["sentence", "text", "question", "review", "content", "document", "query"]
 LABEL_COLUMNS = ["label", "labels", "score"]
+CLASS_IDS = 4096  # integer labels from 0 to this (excluded) are class ids; other numbers are scores
+MIN_LENGTH = 8  # the shortest --max-length: room for the special tokens of a sentence pair and some text
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 
 
 @dataclass
@@ -113,138 +125,248 @@ def load_calibration(
 ) -> Calibration:
     """Read `path` (.tsv, .csv, .jsonl or .npz) into a Calibration that matches the model's inputs.
 
-    A text file with more than `samples` rows gives `samples` of them, drawn with `seed`; an .npz its first ones."""
+    The whole file is checked before any row is drawn: every row has the text and label columns, every label is a
+    finite number. A text file with more than `samples` rows gives `samples` of them, drawn with `seed`; an .npz
+    its first ones."""
     if not path.is_file():
         raise CalibrationError(f"calibration file {path} does not exist")
     inputs = model_inputs(model)
     if path.suffix == ".npz":
         return _from_npz(path, inputs, samples)
-    rows = _read_rows(path)
+    header, rows = _read_rows(path)
     if not rows:
         raise CalibrationError(f"calibration file {path} has no rows; give it at least one sample")
-    rows = _sample(rows, samples, seed)
-    columns = text_columns or _detect_text_columns(path, rows[0])
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise CalibrationError(f"{path} has no column {missing[0]!r}; its columns are {', '.join(rows[0])}")
-    tokenizer = load_tokenizer(tokenizer_path, inputs)
-    texts = [tuple(str(row[c]).strip() for c in columns) for row in rows]
-    labels = _labels(path, rows, label_column)
-    return Calibration(inputs, texts=texts, labels=labels, tokenizer=tokenizer, max_length=max_length, source=str(path))
-
-
-def _sample(rows: list, samples: int, seed: int) -> list:
-    """`samples` rows drawn without replacement (seeded), in file order; all of them when there are fewer."""
-    if len(rows) <= samples:
-        return rows
-    chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=samples, replace=False))
-    return [rows[i] for i in chosen]
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{path}: line {exc.lineno} is not JSON; use one JSON object per line") from exc
-    if path.suffix == ".tsv":
-        lines = [line for line in text.splitlines() if line.strip()]
-        if not lines:
-            return []
-        header = lines[0].split("\t")
-        return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
-    if path.suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    raise CalibrationError(f"{path}: unknown calibration format {path.suffix!r}; use .tsv, .csv, .jsonl or .npz")
-
-
-def _detect_text_columns(path: Path, row: dict) -> list[str]:
-    for pair in TEXT_COLUMN_PAIRS:
-        if all(c in row for c in pair):
-            return list(pair)
-    for name in TEXT_COLUMNS:
-        if name in row:
-            return [name]
-    raise CalibrationError(
-        f"{path}: no text column found among {', '.join(row)}; name it with --text-columns (e.g. --text-columns text)"
+    columns = text_columns or _detect_text_columns(path, header)
+    label = label_column or next((c for c in LABEL_COLUMNS if c in header), None)
+    for name in [*columns, *([label] if label else [])]:
+        _require_column(path, header, rows, name)
+    labels = None if label is None else _labels(path, rows, label)
+    chosen = _sample(len(rows), samples, seed)
+    tokenizer = load_tokenizer(tokenizer_path, inputs, max_length)
+    texts = [tuple(str(rows[i].values[c]).strip() for c in columns) for i in chosen]
+    return Calibration(
+        inputs,
+        texts=texts,
+        labels=None if labels is None else labels[chosen],
+        tokenizer=tokenizer,
+        max_length=max_length,
+        source=str(path),
     )
 
 
-def _labels(path: Path, rows: list[dict], label_column: str | None) -> np.ndarray | None:
-    name = label_column or next((c for c in LABEL_COLUMNS if c in rows[0]), None)
-    if name is None:
-        return None
-    if name not in rows[0]:
-        raise CalibrationError(f"{path} has no label column {name!r}; its columns are {', '.join(rows[0])}")
+@dataclass
+class Row:
+    line: int
+    values: dict
+
+
+def _sample(count: int, samples: int, seed: int) -> np.ndarray:
+    """`samples` row indices drawn without replacement (seeded), in file order; all of them when there are fewer."""
+    if count <= samples:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=samples, replace=False))
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8, or the encoding its byte-order mark names (the mark itself dropped)."""
+    raw = path.read_bytes()
+    encoding, start = next(((e, len(bom)) for bom, e in BYTE_ORDER_MARKS if raw.startswith(bom)), ("utf-8", 0))
     try:
-        values = np.array([float(row[name]) for row in rows])
-    except (TypeError, ValueError) as exc:
-        raise CalibrationError(f"{path}: labels in column {name!r} are not numbers ({exc})") from exc
-    return values.astype(np.int64) if np.all(values == np.round(values)) else values
+        return raw[start:].decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(
+            f"{path} is not {encoding.upper()} text (byte 0x{raw[start + exc.start]:02x} at offset {start + exc.start}); "
+            "save it as UTF-8"
+        ) from exc
 
 
-def load_tokenizer(path: Path | None, inputs: list[ModelInput]):
-    """A Hugging Face tokenizer from a folder; it must produce every input the model takes."""
+def _read_rows(path: Path) -> tuple[list[str], list[Row]]:
+    """The column names and the rows of a text file, each row with its line number."""
+    readers = {".jsonl": _jsonl_rows, ".tsv": _tsv_rows, ".csv": _csv_rows}
+    if path.suffix not in readers:
+        raise CalibrationError(f"{path}: unknown calibration format {path.suffix!r}; use .tsv, .csv, .jsonl or .npz")
+    return readers[path.suffix](path, read_text(path))
+
+
+def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"{path}: line {number} is not JSON; use one JSON object per line") from exc
+        if not isinstance(value, dict):
+            raise CalibrationError(f"{path}: line {number} is not a JSON object; use one object per line")
+        rows.append(Row(number, {k: v for k, v in value.items() if v is not None}))
+    return (list(rows[0].values) if rows else []), rows
+
+
+def _tsv_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not numbered:
+        return [], []
+    header = numbered[0][1].split("\t")
+    rows = []
+    for number, line in numbered[1:]:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise CalibrationError(
+                f"{path}: line {number} has {len(fields)} tab-separated fields and the header {len(header)}; "
+                "fix that line (a tab inside a text, or a missing field)"
+            )
+        rows.append(Row(number, dict(zip(header, fields))))
+    return header, rows
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, [])
+        rows = []
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise CalibrationError(
+                    f"{path}: line {reader.line_num} has {len(fields)} fields and the header {len(header)}; "
+                    "fix that line (quote texts that hold commas)"
+                )
+            rows.append(Row(reader.line_num, dict(zip(header, fields))))
+    except csv.Error as exc:
+        raise CalibrationError(f"{path}: line {reader.line_num} is not valid CSV ({exc}); fix its quoting") from exc
+    return header, rows
+
+
+def _require_column(path: Path, header: list[str], rows: list[Row], name: str) -> None:
+    if name not in header:
+        raise CalibrationError(f"{path} has no column {name!r}; its columns are {', '.join(header)}")
+    lacking = next((row for row in rows if name not in row.values), None)
+    if lacking is not None:
+        raise CalibrationError(f"{path}: line {lacking.line} has no {name!r}; every row needs the same columns")
+
+
+def _detect_text_columns(path: Path, header: list[str]) -> list[str]:
+    for pair in TEXT_COLUMN_PAIRS:
+        if all(c in header for c in pair):
+            return list(pair)
+    for name in TEXT_COLUMNS:
+        if name in header:
+            return [name]
+    raise CalibrationError(
+        f"{path}: no text column found among {', '.join(header)}; name it with --text-columns (e.g. --text-columns text)"
+    )
+
+
+def _labels(path: Path, rows: list[Row], name: str) -> np.ndarray:
+    """Class ids (integers from 0 to CLASS_IDS - 1) or real scores (anything else that is a finite number)."""
+    values = np.empty(len(rows))
+    for index, row in enumerate(rows):
+        try:
+            values[index] = float(row.values[name])
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(
+                f"{path}: line {row.line}: label {row.values[name]!r} in column {name!r} is not a number"
+            ) from exc
+        if not np.isfinite(values[index]):
+            raise CalibrationError(f"{path}: line {row.line}: label {row.values[name]!r} is not a finite number")
+    is_class = np.all(values == np.round(values)) and values.min() >= 0 and values.max() < CLASS_IDS
+    return values.astype(np.int64) if is_class else values
+
+
+def load_tokenizer(path: Path | None, inputs: list[ModelInput], max_length: int | None = None):
+    """A Hugging Face tokenizer from a folder; it must produce every input the model takes, and `max_length` must
+    not pass the longest sequence it declares."""
     if path is None or not (path / "tokenizer.json").exists() and not (path / "vocab.txt").exists():
         where = path or "the model's folder"
         raise CalibrationError(f"no tokenizer in {where}; pass --tokenizer with a folder holding tokenizer.json")
     import transformers
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-    produced = set(tokenizer("a").keys())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+            produced = set(tokenizer("a").keys())
+    except Exception as exc:  # any failure to read the user's tokenizer files is theirs to fix
+        raise CalibrationError(
+            f"the tokenizer in {path} cannot be loaded ({type(exc).__name__}: {first_line(exc)}); "
+            "pass --tokenizer with the model's own tokenizer folder"
+        ) from exc
     missing = [i.name for i in inputs if i.name not in produced]
     if missing:
         raise CalibrationMismatchError(
             f"the model takes {missing[0]!r}, which the tokenizer in {path} does not produce; "
             "use --tokenizer with the model's own tokenizer, or .npz calibration"
         )
+    longest = getattr(tokenizer, "model_max_length", None)
+    if max_length is not None and isinstance(longest, int) and max_length > longest:
+        raise CalibrationError(
+            f"--max-length {max_length} is longer than the model's {longest} tokens; use at most {longest}"
+        )
     return tokenizer
 
 
 def _from_npz(path: Path, inputs: list[ModelInput], samples: int) -> Calibration:
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    names = [i.name for i in inputs]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise CalibrationMismatchError(f"{path} has no array {missing[0]!r}; the model's inputs are {', '.join(names)}")
-    lengths = {len(arrays[n]) for n in names}
-    if len(lengths) != 1 or 0 in lengths:
-        raise CalibrationMismatchError(f"{path}: arrays must be non-empty and share their first dimension")
-    for item in inputs:
-        if arrays[item.name].ndim != item.rank:
-            raise CalibrationMismatchError(
-                f"{path}: array {item.name!r} has {arrays[item.name].ndim} dimensions; the model expects {item.rank}"
-            )
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # numpy raises many types for a damaged or foreign file
+        raise CalibrationError(
+            f"{path} is not a readable .npz ({type(exc).__name__}); write it with numpy.savez, one array per input"
+        ) from exc
+    checked = _check_arrays(arrays, inputs, str(path))
     labels = arrays.get("label", arrays.get("labels"))
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(next(iter(checked.values())))):
+        raise CalibrationMismatchError(f"{path}: 'label' must hold one number per sample")
+    if labels is not None and (labels.dtype.kind not in "biuf" or not np.isfinite(labels).all()):
+        raise CalibrationError(f"{path}: 'label' must hold finite numbers")
     return Calibration(
         inputs,
-        arrays={n: arrays[n][:samples] for n in names},
+        arrays={n: a[:samples] for n, a in checked.items()},
         labels=None if labels is None else labels[:samples],
         source=str(path),
     )
+
+
+def _check_arrays(arrays: dict, inputs: list[ModelInput], where: str) -> dict[str, np.ndarray]:
+    """One non-empty numeric array per model input, of the input's rank, all with the same number of samples."""
+    names = [i.name for i in inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise CalibrationMismatchError(
+            f"{where} has no array {missing[0]!r}; the model's inputs are {', '.join(names)}"
+        )
+    checked = {}
+    for item in inputs:
+        array = np.asarray(arrays[item.name])
+        if array.ndim != item.rank:
+            raise CalibrationMismatchError(
+                f"{where}: array {item.name!r} has {array.ndim} dimensions; the model expects {item.rank}"
+            )
+        if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+            raise CalibrationMismatchError(f"{where}: array {item.name!r} must hold finite numbers, not {array.dtype}")
+        checked[item.name] = array
+    lengths = {len(a) for a in checked.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise CalibrationMismatchError(f"{where}: arrays must be non-empty and share their first dimension")
+    return checked
 
 
 def from_texts(texts: list[str], model: onnx.ModelProto, tokenizer_path: Path | None, max_length: int) -> Calibration:
     inputs = model_inputs(model)
     if not texts:
         raise CalibrationError("the calibration list of texts is empty")
-    tokenizer = load_tokenizer(tokenizer_path, inputs)
+    if not all(isinstance(t, str) for t in texts):
+        raise CalibrationError("calibration texts must be strings")
+    tokenizer = load_tokenizer(tokenizer_path, inputs, max_length)
     return Calibration(inputs, texts=[(t,) for t in texts], tokenizer=tokenizer, max_length=max_length, source="texts")
 
 
 def from_arrays(arrays: dict[str, np.ndarray], model: onnx.ModelProto, samples: int) -> Calibration:
     inputs = model_inputs(model)
-    names = [i.name for i in inputs]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise CalibrationMismatchError(
-            f"calibration arrays lack {missing[0]!r}; the model's inputs are {', '.join(names)}"
-        )
-    return Calibration(inputs, arrays={n: np.asarray(arrays[n])[:samples] for n in names}, source="arrays")
+    checked = _check_arrays(arrays, inputs, "the calibration arrays")
+    return Calibration(inputs, arrays={n: a[:samples] for n, a in checked.items()}, source="arrays")
 
 
 def synthetic(
@@ -252,7 +374,7 @@ def synthetic(
 ) -> Calibration:
     """Random word sequences from the tokenizer's vocabulary: keeps `compress` usable; no substitute for real data."""
     inputs = model_inputs(model)
-    tokenizer = load_tokenizer(tokenizer_path, inputs)
+    tokenizer = load_tokenizer(tokenizer_path, inputs, max_length)
     plain = [w for w in tokenizer.get_vocab() if w.isalnum() and w not in tokenizer.all_special_tokens]
     words = [w for w in plain if w.isalpha() and len(w) > 2]
     words = words if len(words) >= 100 else plain

@@ -59,9 +59,9 @@ def test_npz_arrays_match_model_inputs(tiny_folder, model, tmp_path):
     [
         ("sentence\tlabel\n", {}, "has no rows"),
         ("words\tlabel\nw1\t1\n", {}, "no text column found among words, label"),
-        ("sentence\tlabel\nw1\tgood\n", {}, "labels in column 'label' are not numbers"),
+        ("sentence\tlabel\nw1\tgood\n", {}, "line 2: label 'good' in column 'label' is not a number"),
         ("sentence\tlabel\nw1\t1\n", {"text_columns": ["review"]}, "has no column 'review'"),
-        ("sentence\tlabel\nw1\t1\n", {"label_column": "gold"}, "has no label column 'gold'"),
+        ("sentence\tlabel\nw1\t1\n", {"label_column": "gold"}, "has no column 'gold'"),
     ],
 )
 def test_bad_calibration_files(tiny_folder, model, tmp_path, content, options, message):
