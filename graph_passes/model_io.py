@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from graph_passes.errors import NotOnnxError, UnsupportedGraphError
@@ -27,11 +27,34 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise NotOnnxError(f"{path}: not an ONNX model ({type(exc).__name__}); export it to ONNX first") from exc
     if not model.graph.node:
         raise NotOnnxError(f"{path}: not an ONNX model (no graph nodes); export it to ONNX first")
+    try:
+        _decode_text(model)
+    except UnicodeError as exc:
+        raise NotOnnxError(f"{path}: a damaged ONNX file (a name is not UTF-8 text); export it again") from exc
     for location in external_data_files(model):
         _check_inside(path, location)
     if external_data_files(model):
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def _decode_text(message) -> None:
+    """Check every text field of a protobuf message and the messages inside it: a damaged name would otherwise
+    fail deep inside the analysis or ONNX Runtime."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            for text in [value] if isinstance(value, (str, bytes)) else value:
+                _check_utf8(text)
+        elif field.type == field.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                _decode_text(item)
+
+
+def _check_utf8(text: str | bytes) -> None:
+    """Protobuf gives damaged text as bytes, or as a str with surrogates that cannot be encoded again."""
+    if isinstance(text, bytes):
+        raise UnicodeError("a text field holds bytes that are not UTF-8")
+    text.encode("utf-8")
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
