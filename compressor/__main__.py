@@ -1,3 +1,3 @@
-from compressor.cli import app
+from compressor.cli import main
 
-app(prog_name="compress")
+main()

@@ -1,13 +1,17 @@
 """The `compress` command line. Every error a user can cause ends in one line on stderr and exit code 2.
 
 `compress MODEL --keep 0.4` runs the default command (`run`); `compress inspect`, `compress eval` and
-`compress bench` are the others.
+`compress bench` are the others. `main` is the one place that turns errors into that line: user errors
+(`user_errors.UserError`), usage errors, and OS errors (exit 2); anything else is a bug, said so in one line
+(exit 1), with the traceback only under `--debug`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -21,15 +25,74 @@ from bench.errors import BenchError
 from bench.providers import parse_providers
 from bench.tables import as_json, markdown, print_table
 from compressor.budget import GRANULARITIES
-from compressor.default_model import DefaultModelError, default_model_path
+from compressor.calibration import MIN_LENGTH
+from compressor.default_model import default_model_path
+from compressor.errors import CompressorError
 from compressor.evaluation import evaluate_file
-from compressor.output import plan_outputs, write_atomic, write_model, write_report
+from compressor.output import write_atomic, write_model, write_report
+from compressor.paths import Named, check_outputs, model_file, model_inputs, plan_compress, tokenizer_inputs
 from compressor.pipeline import DEFAULT_GRANULARITY, compress
 from compressor.scoring import METHODS
-from graph_passes import GraphPassError, analyze, load_model, require_prunable
+from graph_passes import analyze, load_model, require_prunable
 from graph_passes.summary import summarize
+from user_errors import UserError, first_line
 
-USER_ERRORS = (GraphPassError, DefaultModelError)
+DEBUG_FLAG = "--debug"
+BUG_REPORT = "please report it to the mi-compressor maintainers with the command you ran"
+OS_HINTS = {
+    errno.ENOSPC: "free some disk space or write elsewhere",
+    errno.EDQUOT: "free some disk space or write elsewhere",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder; give a file",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: `compress [--debug] ...` (`--debug` may stand anywhere)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in args
+    sys.exit(run_cli([a for a in args if a != DEBUG_FLAG], debug))
+
+
+def run_cli(args: list[str], debug: bool = False) -> int:
+    """Run one command; return its exit code, with any error already printed as one line."""
+    try:
+        code = typer.main.get_command(app).main(args=args, prog_name="compress", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except typer.exceptions.TyperException as exc:  # a usage error: unknown option, a value out of its range
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        return _error(f"{first_line(message)} (see compress --help)")
+    except typer.Abort:
+        return _error("interrupted; no output was written", 130)
+    except UserError as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(describe_os_error(exc))
+    except MemoryError:
+        return _error("out of memory; use fewer --samples or a smaller --batch-size")
+    except Exception as exc:  # a bug, not the user's doing: one line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else f"; rerun with {DEBUG_FLAG} for the traceback"
+        return _error(
+            f"this is a bug in mi-compressor ({type(exc).__name__}: {first_line(exc)}); {BUG_REPORT}{hint}", 1
+        )
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what, where, and the fix when there is a usual one."""
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = OS_HINTS.get(exc.errno or 0)
+    return f"cannot use{where}: {exc.strerror or first_line(exc)}" + (f"; {hint}" if hint else "")
+
+
+def _error(message: str, code: int = 2) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return code
 
 
 class DefaultRun(TyperGroup):
@@ -44,26 +107,43 @@ class DefaultRun(TyperGroup):
 app = typer.Typer(cls=DefaultRun, add_completion=False, help="Shrink exported transformer encoders in ONNX.")
 
 
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+def _columns(value: str | None, option: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [c.strip() for c in value.split(",")]
+    if not all(names):
+        raise CompressorError(
+            f"{option} takes names separated by commas, e.g. {option} sentence1,sentence2; got {value!r}"
+        )
+    return names
 
 
-def _columns(value: str | None) -> list[str] | None:
-    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+def _keep_range(value: float) -> float:
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{value:g} is not in (0, 1]; keep 0.4 keeps 40% of the prunable weights")
+    return value
+
+
+def _label(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise CompressorError("--label-column takes a column name; got an empty one")
+    return value
 
 
 ModelArg = Annotated[Path | None, typer.Argument(help="ONNX model; default: the embedded all-MiniLM-L6-v2")]
 TokenizerOpt = Annotated[Path | None, typer.Option(help="tokenizer folder; default: the model's folder")]
 ColumnsOpt = Annotated[str | None, typer.Option(help="text column(s), comma separated; default: detected")]
 LabelOpt = Annotated[str | None, typer.Option(help="label column; default: 'label' when present")]
-MaxLengthOpt = Annotated[int, typer.Option(help="truncate tokenized samples to this many tokens")]
+MaxLengthOpt = Annotated[int, typer.Option(min=MIN_LENGTH, help="truncate tokenized samples to this many tokens")]
 
 
 @app.command()
 def run(
     model: ModelArg = None,
-    keep: Annotated[float, typer.Option(help="fraction of the encoder's prunable weights to keep, in (0, 1]")] = 0.4,
+    keep: Annotated[
+        float,
+        typer.Option(callback=_keep_range, help="fraction of the encoder's prunable weights to keep, in (0, 1]"),
+    ] = 0.4,
     calib: Annotated[Path | None, typer.Option(help="calibration data: .tsv, .csv, .jsonl or .npz")] = None,
     out: Annotated[Path | None, typer.Option(help="output .onnx file, or a folder; default: MODEL.keepK.onnx")] = None,
     report: Annotated[Path | None, typer.Option(help="report path; default: beside the output")] = None,
@@ -71,16 +151,16 @@ def run(
     granularity: Annotated[str, typer.Option(help=f"what to prune, from {', '.join(GRANULARITIES)}")] = ",".join(
         DEFAULT_GRANULARITY
     ),
-    samples: Annotated[int, typer.Option(help="calibration samples to use")] = 512,
+    samples: Annotated[int, typer.Option(min=1, help="calibration samples to use")] = 512,
     max_length: MaxLengthOpt = 128,
     tokenizer: TokenizerOpt = None,
     text_columns: ColumnsOpt = None,
     label_column: LabelOpt = None,
-    batch_size: Annotated[int, typer.Option(help="samples per ONNX Runtime run")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="samples per ONNX Runtime run")] = 32,
     seed: Annotated[
         int,
         typer.Option(
-            help="seed for the calibration rows drawn from a text file, the held-out split and --method random"
+            min=0, help="seed for the calibration rows drawn from a text file, the held-out split and --method random"
         ),
     ] = 0,
     recover: Annotated[
@@ -95,38 +175,37 @@ def run(
     quantize: Annotated[
         str | None, typer.Option(help="after pruning and recovery, quantize: int8 (ONNX Runtime dynamic, per channel)")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary (warnings still print)")] = False,
 ) -> None:
     """Compress MODEL into a smaller dense ONNX model that keeps KEEP of its encoder weights."""
-    try:
-        path = model or default_model_path()
-        model_file, report_file = plan_outputs(path, out, report, keep)
-        result = compress(
-            path,
-            calib,
-            keep=keep,
-            method=method,
-            granularity=_columns(granularity) or [],
-            samples=samples,
-            max_length=max_length,
-            tokenizer=tokenizer,
-            text_columns=_columns(text_columns),
-            label_column=label_column,
-            batch_size=batch_size,
-            seed=seed,
-            recover=recover,
-            refit_inputs=refit_inputs,
-            optimize=optimize,
-            quantize=quantize,
-            quiet=quiet,
-        )
-    except USER_ERRORS as exc:
-        fail(str(exc))
-    write_model(result.model, model_file, path)
-    result.report.update(model=str(path), output=str(model_file))
-    write_report(result.report, report_file)
+    path = model_file(model) if model else default_model_path()
+    folder = tokenizer or path.parent
+    inputs = [*model_inputs(path), *tokenizer_inputs(folder), *([Named("--calib", calib)] if calib else [])]
+    paths = plan_compress(path, out, report, keep, inputs)
+    result = compress(
+        path,
+        calib,
+        keep=keep,
+        method=method,
+        granularity=_columns(granularity, "--granularity") or [],
+        samples=samples,
+        max_length=max_length,
+        tokenizer=tokenizer,
+        text_columns=_columns(text_columns, "--text-columns"),
+        label_column=_label(label_column),
+        batch_size=batch_size,
+        seed=seed,
+        recover=recover,
+        refit_inputs=refit_inputs,
+        optimize=optimize,
+        quantize=quantize,
+        quiet=quiet,
+    )
+    write_model(result.model, paths, path)
+    result.report.update(model=str(path), output=str(paths.model_file))
+    write_report(result.report, paths.report_file)
     if not quiet:
-        _print_report(result.report, report_file)
+        _print_report(result.report, paths.report_file)
 
 
 @app.command("eval")
@@ -141,14 +220,16 @@ def eval_command(
 ) -> None:
     """Accuracy and F1 (classes) or Pearson and Spearman (scores) of MODEL on labelled data."""
     if data is None:
-        fail("give the labelled data with --data FILE")
-    try:
-        path = model or default_model_path()
-        metrics = evaluate_file(
-            load_model(path), data, tokenizer or path.parent, _columns(text_columns), label_column, max_length
-        )
-    except USER_ERRORS as exc:
-        fail(str(exc))
+        raise CompressorError("give the labelled data with --data FILE")
+    path = model_file(model) if model else default_model_path()
+    metrics = evaluate_file(
+        load_model(path),
+        data,
+        tokenizer or path.parent,
+        _columns(text_columns, "--text-columns"),
+        _label(label_column),
+        max_length,
+    )
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
@@ -167,9 +248,9 @@ def bench(
     ] = None,
     batch: Annotated[str, typer.Option(help="batch sizes, comma separated")] = "1,8,32",
     seq: Annotated[str, typer.Option(help="sequence lengths, comma separated")] = "32,128",
-    threads: Annotated[int, typer.Option(help="intra-op threads; 0: ONNX Runtime's default")] = 0,
-    warmup: Annotated[int, typer.Option(help="untimed runs per model before timing")] = 3,
-    runs: Annotated[int, typer.Option(help="timed runs per model and setting")] = 20,
+    threads: Annotated[int, typer.Option(min=0, help="intra-op threads; 0: ONNX Runtime's default")] = 0,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed runs per model before timing")] = 3,
+    runs: Annotated[int, typer.Option(min=1, help="timed runs per model and setting")] = 20,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="peak RSS of a fresh process per row")] = True,
     data: Annotated[Path | None, typer.Option(help="labelled file: adds accuracy (measured on CPU)")] = None,
     tokenizer: TokenizerOpt = None,
@@ -180,28 +261,27 @@ def bench(
     markdown_file: Annotated[Path | None, typer.Option("--markdown", help="also write a Markdown table")] = None,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak memory, size and accuracy of MODELS, interleaved on each provider."""
-    try:
-        if threads < 0 or warmup < 0 or runs < 1:
-            raise BenchError("--threads and --warmup take zero or more, --runs at least 1")
-        settings = Settings(
-            parse_providers(providers),
-            _positive_ints("--batch", batch),
-            _positive_ints("--seq", seq),
-            threads,
-            warmup,
-            runs,
-            memory,
-        )
-        accuracy = None
-        if data is not None:
-            columns = _columns(text_columns)
-            accuracy = {
-                m: evaluate_file(load_model(m), data, tokenizer or m.parent, columns, label_column, max_length)
-                for m in models
-            }
-        result = run_bench(models, settings, accuracy)
-    except USER_ERRORS as exc:
-        fail(str(exc))
+    models = [model_file(m) for m in models]
+    inputs = [named for m in models for named in model_inputs(m)] + ([Named("--data", data)] if data else [])
+    outputs = [Named(option, p) for option, p in (("--json", json_file), ("--markdown", markdown_file)) if p]
+    check_outputs(outputs, inputs + [n for m in models for n in tokenizer_inputs(tokenizer or m.parent)])
+    settings = Settings(
+        parse_providers(providers),
+        _positive_ints("--batch", batch),
+        _positive_ints("--seq", seq),
+        threads,
+        warmup,
+        runs,
+        memory,
+    )
+    accuracy = None
+    if data is not None:
+        columns = _columns(text_columns, "--text-columns")
+        accuracy = {
+            m: evaluate_file(load_model(m), data, tokenizer or m.parent, columns, _label(label_column), max_length)
+            for m in models
+        }
+    result = run_bench(models, settings, accuracy)
     print_table(result)
     if json_file:
         write_atomic(json_file, as_json(result).encode())
@@ -222,13 +302,10 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
 ) -> None:
     """Print the channel groups that can shrink together, and every part that cannot be pruned through."""
-    try:
-        path = model or default_model_path()
-        analysis = analyze(load_model(path))
-        require_prunable(analysis)
-        summary = {"model": str(path), **summarize(analysis)}
-    except USER_ERRORS as exc:
-        fail(str(exc))
+    path = model_file(model) if model else default_model_path()
+    analysis = analyze(load_model(path))
+    require_prunable(analysis)
+    summary = {"model": str(path), **summarize(analysis)}
     if as_json:
         typer.echo(json.dumps(summary))
     else:

@@ -17,9 +17,11 @@ from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
 from compressor.capture import capture
 from compressor.errors import CompressorError
+from compressor.paths import model_file
 from compressor.progress import Reporter
 from compressor.quantization import QUANTIZE_TYPES, quantize_int8, refuse_quantized
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
+from user_errors import first_line
 
 DEFAULT_GRANULARITY = ("heads", "ffn")
 HOLDOUT_MAX = 128
@@ -85,9 +87,11 @@ def compress(
         raise budget.BudgetError(f"--keep must be in (0, 1]; got {keep}")
     if quantize is not None and quantize not in QUANTIZE_TYPES:
         raise CompressorError(f"unknown --quantize {quantize!r}; choose from {', '.join(QUANTIZE_TYPES)}")
-    source = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    check_counts(samples=samples, batch_size=batch_size, max_length=max_length, seed=seed)
+    path = None if isinstance(model, onnx.ModelProto) else model_file(Path(model))
+    source = model if path is None else load_model(path)
     refuse_quantized(source)
-    folder = None if isinstance(model, onnx.ModelProto) else Path(model).parent
+    folder = None if path is None else path.parent
     start = timer.stage("load", start)
     analysis = analyze(source)
     require_prunable(analysis)
@@ -153,6 +157,17 @@ def compress(
     return CompressionResult(pruned, report, masks)
 
 
+LOWEST = {"samples": 1, "batch_size": 1, "max_length": calib.MIN_LENGTH, "seed": 0}
+
+
+def check_counts(**values: int) -> None:
+    """The integer options, each at or above its lowest accepted value (the CLI declares the same ranges)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < LOWEST[name]:
+            option = "--" + name.replace("_", "-")
+            raise CompressorError(f"{option} takes an integer of at least {LOWEST[name]}; got {value!r}")
+
+
 def _calibration(
     value: str | Path | Sequence[str] | Mapping[str, np.ndarray] | None,
     model: onnx.ModelProto,
@@ -165,7 +180,7 @@ def _calibration(
     reporter: Reporter,
 ) -> calib.Calibration:
     if value is None:
-        reporter.line(
+        reporter.warn(
             "warning: no calibration data (--calib); scoring on random word sequences from the tokenizer. "
             "Pass sentences like the ones the model will see for a meaningful choice."
         )
@@ -203,7 +218,7 @@ def validate(model: onnx.ModelProto, data: calib.Calibration, batch_size: int):
         feeds = next(data.batches(list(range(min(len(data), batch_size))), batch_size))
         outputs = session.run(None, feeds)
     except Exception as exc:  # any failure here is ours, not the user's: report it in one line
-        raise CompressorError(f"the compressed model failed validation: {str(exc).splitlines()[0]}") from exc
+        raise CompressorError(f"the compressed model failed validation: {first_line(exc)}") from exc
     if not all(np.isfinite(o).all() for o in outputs):
         raise CompressorError("the compressed model produced non-finite outputs on calibration inputs")
     return session

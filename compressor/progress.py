@@ -1,4 +1,4 @@
-"""Progress for long stages: rich bars on a terminal, plain lines in logs, nothing with --quiet."""
+"""Progress for long stages: rich bars on a terminal, plain lines in logs, nothing with --quiet (warnings still)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ class Reporter:
     def line(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    @staticmethod
+    def warn(message: str) -> None:
+        """A warning that changes what the result means: printed even with --quiet."""
+        print(message, file=sys.stderr, flush=True)
 
     @contextmanager
     def stage(self, description: str, total: int) -> Iterator[Callable[[int], None]]:

@@ -73,7 +73,7 @@ def test_feeds_index_inside_the_vocabulary_and_fill_masks(pair):
         (["--providers", "gpu9"], "unknown execution provider 'gpu9'; choose from cpu, cuda"),
         (["--batch", "0,8"], "--batch takes positive integers"),
         (["--seq", "long"], "--seq takes positive integers"),
-        (["--runs", "0"], "--runs at least 1"),
+        (["--runs", "0"], "Invalid value for '--runs': Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_code_2(pair, arguments, message):

@@ -132,59 +132,6 @@ def test_eval_json(tiny_folder):
     assert json.loads(scores.stdout)["pearson"] is not None
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--keep", "1.5"], "--keep must be in (0, 1]"),
-        (["--keep", "0"], "--keep must be in (0, 1]"),
-        (["--out", "{model}"], "is the input model"),
-        (["--calib", "{folder}/missing.tsv"], "does not exist"),
-        (["--calib", "{folder}/empty.tsv"], "has no rows"),
-        (["--calib", "{folder}/words.tsv"], "labels in column 'label' are not numbers"),
-        (["--calib", "{folder}/calib.tsv", "--text-columns", "review"], "has no column 'review'"),
-        (["--calib", "{folder}/calib.tsv", "--method", "best"], "unknown --method 'best'"),
-        (["--calib", "{folder}/calib.tsv", "--refit-inputs", "both"], "unknown --refit-inputs 'both'"),
-        (["--calib", "{folder}/calib.tsv", "--granularity", "heads"], "cannot be reached by pruning heads"),
-    ],
-    ids=[
-        "keep-high",
-        "keep-zero",
-        "out-is-input",
-        "calib-missing",
-        "calib-empty",
-        "labels-not-numbers",
-        "no-column",
-        "method",
-        "refit-inputs",
-        "unreachable",
-    ],
-)
-def test_bad_compress_input_is_one_line_exit_2_nothing_written(tiny_folder, tmp_path, args, message):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for name in (
-        "model.onnx",
-        "calib.tsv",
-        "vocab.txt",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ):
-        (folder / name).write_bytes((tiny_folder / name).read_bytes())
-    (folder / "empty.tsv").write_text("sentence\tlabel\n")
-    (folder / "words.tsv").write_text("sentence\tlabel\nw1 w2\tgood\n")
-    before = {p: p.read_bytes() for p in folder.iterdir()}
-    filled = [a.format(model=folder / "model.onnx", folder=folder) for a in args]
-    result = (
-        compress(str(folder / "model.onnx"), "--keep", "0.5", *filled)
-        if args[0] != "--keep"
-        else compress(str(folder / "model.onnx"), *filled)
-    )
-    assert result.returncode == 2, result.stdout
-    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
-    assert {p: p.read_bytes() for p in folder.iterdir()} == before
-
-
 def test_main_job_compresses_the_embedded_default_model(tmp_path):
     """README's first command, `compress --keep 0.4`, with fewer synthetic samples to stay quick."""
     result = compress("--keep", "0.4", "--samples", "48", "--out", str(tmp_path / "default.onnx"))
