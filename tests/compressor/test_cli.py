@@ -149,3 +149,26 @@ def test_npz_that_does_not_match_the_model_is_refused(tiny_folder, tmp_path):
     )
     assert result.returncode == 2 and "no array 'attention_mask'" in result.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_report_goes_where_report_says_and_model_folder_input_works(tiny_folder, tmp_path):
+    """--report in a folder that does not exist yet: created, written atomically (no temporary file left)."""
+    report = tmp_path / "reports" / "run1.json"
+    result = compress(
+        str(tiny_folder),
+        "--keep",
+        "0.5",
+        "--calib",
+        str(tiny_folder / "calib.tsv"),
+        "--method",
+        "magnitude",
+        "--out",
+        str(tmp_path / "small.onnx"),
+        "--report",
+        str(report),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    written = json.loads(report.read_text())
+    assert written["output"] == str(tmp_path / "small.onnx") and written["model"] == str(tiny_folder / "model.onnx")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["reports", "run1.json", "small.onnx"]

@@ -80,3 +80,19 @@ def test_real_minilm_sst2_mi_beats_random_at_keep_06(shared_model_dir, tmp_path)
     original = evaluate_file(load_model(shared_model_dir / "model.onnx"), dev, shared_model_dir, None, None, 64)
     assert accuracy["random"] < accuracy["mi"] <= original["accuracy"] + 0.02
     assert accuracy["mi"] > original["accuracy"] - 0.1
+
+
+def test_report_flops_are_the_benchmark_definition_with_attention_products(tiny_folder):
+    """One definition of FLOPs per token: the report's equal `bench.flops` at the same length, and they exceed
+    twice the encoder weights by the attention products (Q K^T and the weighted sum of V)."""
+    from bench.flops import matmul_flops_per_token
+
+    result = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5, method="magnitude")
+    flops, weights = result.report["flops_per_token"], result.report["encoder_weights"]
+    seq = flops["sequence_length"]
+    original = load_model(tiny_folder / "model.onnx")
+    assert flops["before"] == pytest.approx(matmul_flops_per_token(original, seq), abs=0.5)
+    assert flops["after"] == pytest.approx(matmul_flops_per_token(result.model, seq), abs=0.5)
+    assert flops["after"] < flops["before"]
+    attention = 2 * 2 * seq * 64 * 2  # two products of seq x head widths summing to 64, per token, in 2 layers
+    assert flops["before"] >= 2 * weights["before"] + attention
