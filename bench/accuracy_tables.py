@@ -171,7 +171,7 @@ def compress_cost(model: Path, calib: Path, samples: int) -> dict:
             "-v",
             sys.executable,
             "-m",
-            "compressor",
+            "command_line",
             str(model / "model.onnx"),
             "--keep",
             "0.4",

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.latency import Timing, interleaved, peak_memory_mb
 from bench.machine import describe
+from bench.peak_memory import peak_memory_mb
 from bench.providers import open_session, unavailable
 from bench.workload import feeds, file_bytes, load_graph, parameter_count
+from compressor.timing import Timing, interleaved
 from user_errors import first_line
 
 

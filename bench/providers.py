@@ -11,6 +11,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench.errors import BenchError
+from compressor.timing import timing_options
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -48,17 +49,6 @@ def unavailable(name: str) -> str | None:
         return None
     hint = f"; {GPU_INSTALL_HINT}" if name == "cuda" else ""
     return f"provider {name} ({PROVIDERS[name]}) is not in this onnxruntime {ort.__version__} build{hint}"
-
-
-def timing_options(threads: int) -> ort.SessionOptions:
-    """Session options for timing several sessions in one process: `threads` intra-op threads (0: ONNX Runtime's
-    default) that do not spin. Spinning threads of the sessions that wait steal the cores from the one that runs:
-    next to four other sessions, the original minilm-sst2 at batch 1 took 56 ms with spinning, 18 ms without."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def open_session(model: Path, provider: str, threads: int) -> ort.InferenceSession:

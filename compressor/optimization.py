@@ -16,10 +16,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench.latency import interleaved
-from bench.providers import timing_options
 from compressor.calibration import Calibration
 from compressor.progress import quiet_loggers
+from compressor.timing import interleaved, timing_options
 from user_errors import first_line
 
 TOLERANCE = 1e-3  # largest output difference, relative to the largest output magnitude

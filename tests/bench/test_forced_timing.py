@@ -9,11 +9,12 @@ import types
 import onnxruntime as ort
 import pytest
 
-from bench import deployment, latency
+from bench import deployment
 from bench.errors import BenchError
-from bench.latency import Timing, interleaved
 from bench.providers import PROVIDERS, open_session
 from bench.workload import feeds, load_graph
+from compressor import timing as timing_module
+from compressor.timing import Timing, interleaved
 
 DURATIONS = {"a": 0.001, "b": 0.002, "c": 0.004}  # seconds each session's run takes on the fake clock
 
@@ -34,7 +35,7 @@ def test_runs_take_turns_and_the_first_runner_rotates(tiny_folder, monkeypatch):
     fake clock advances by the duration of each run, so each session's timings are exactly its own."""
     log: list[str] = []
     clock = types.SimpleNamespace(perf_counter=lambda: sum(DURATIONS[name] for name in log))
-    monkeypatch.setattr(latency, "time", clock)
+    monkeypatch.setattr(timing_module, "time", clock)
     model = tiny_folder / "model.onnx"
     sessions = [Recorded(name, open_session(model, "cpu", 1), log) for name in DURATIONS]
     feed = feeds(load_graph(model), 2, 8)

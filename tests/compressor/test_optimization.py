@@ -8,11 +8,11 @@ import pytest
 import tiny_models
 from onnx import numpy_helper
 
-from bench.latency import Timing
 from compressor import compress, optimization
 from compressor.calibration import from_arrays
 from compressor.fidelity import session
 from compressor.optimization import fuse
+from compressor.timing import Timing
 from graph_passes import analyze, apply_masks, load_model
 
 

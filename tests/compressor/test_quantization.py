@@ -11,7 +11,7 @@ import onnx
 
 def compress(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "compressor", *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-m", "command_line", *args], capture_output=True, text=True, timeout=600, check=False
     )
 
 

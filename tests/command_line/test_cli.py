@@ -13,7 +13,7 @@ import pytest
 
 def compress(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "compressor", *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-m", "command_line", *args], capture_output=True, text=True, timeout=600, check=False
     )
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import bad_input_cases
 from compressor.calibration import load_calibration
-from compressor.cli import run_cli
+from command_line.app import run_cli
 from graph_passes import load_model
 from user_errors import UserError
 
@@ -75,12 +75,12 @@ def test_the_table_has_at_least_30_cases_and_readme_shows_it():
 
 
 def test_a_bug_is_one_line_that_says_so_and_the_traceback_only_with_debug(workspace, capsys, monkeypatch):
-    import compressor.cli
+    import command_line.app
 
     def broken(*args, **kwargs):
         raise KeyError("")
 
-    monkeypatch.setattr(compressor.cli, "analyze", broken)
+    monkeypatch.setattr(command_line.app, "analyze", broken)
     code, _, err = run(["inspect", str(workspace / "m" / "model.onnx")], capsys)
     assert code == 1 and err.count("\n") == 1 and "this is a bug in mi-compressor (KeyError" in err
     assert "--debug" in err and "Traceback" not in err
@@ -90,15 +90,15 @@ def test_a_bug_is_one_line_that_says_so_and_the_traceback_only_with_debug(worksp
 
 
 def test_an_os_error_while_writing_is_one_line(workspace, capsys, monkeypatch, tmp_path):
-    import compressor.cli
+    import command_line.app
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "b.json"))
 
-    monkeypatch.setattr(compressor.cli, "write_atomic", full_disk)
-    monkeypatch.setattr(compressor.cli, "run_bench", lambda *a, **k: None)
-    monkeypatch.setattr(compressor.cli, "print_table", lambda result: None)
-    monkeypatch.setattr(compressor.cli, "as_json", lambda result: "{}")
+    monkeypatch.setattr(command_line.app, "write_atomic", full_disk)
+    monkeypatch.setattr(command_line.app, "run_bench", lambda *a, **k: None)
+    monkeypatch.setattr(command_line.app, "print_table", lambda result: None)
+    monkeypatch.setattr(command_line.app, "as_json", lambda result: "{}")
     code, _, err = run(["bench", str(workspace / "m" / "model.onnx"), "--json", str(tmp_path / "b.json")], capsys)
     assert_refused(code, err, f"cannot use {tmp_path / 'b.json'}: No space left on device; free some disk space")
 

@@ -1,0 +1,2 @@
+"""The `compress` command line: above the pipeline (`compressor`) and the measurements (`bench`), which never
+import it or each other's commands."""

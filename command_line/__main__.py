@@ -1,0 +1,3 @@
+from command_line.app import main
+
+main()

@@ -1,3 +1,0 @@
-from compressor.cli import main
-
-main()
