@@ -96,7 +96,7 @@ def measure_speed(variants: list[dict], threads: int, runs: int) -> list[dict]:
     """Per keep, the original, int8 alone and that keep's variants timed together; adds speedups and p50s."""
     fixed = [v for v in variants if v["keep"] is None]
     timed: dict[tuple, list[dict]] = {}
-    settings = Settings(["cpu"], list(BATCHES), [SEQ], threads, warmup=2, runs=runs, memory=False)
+    settings = Settings(["cpu"], list(BATCHES), [SEQ], [threads], warmup=2, runs=runs, memory=False)
     for keep in KEEPS:
         group = fixed + [v for v in variants if v["keep"] == keep]
         result = run_bench([v["path"] for v in group], settings)

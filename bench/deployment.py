@@ -1,7 +1,10 @@
-"""`compress bench`: latency, throughput, memory, size and (optionally) accuracy of models, side by side.
+"""`compress bench`: latency, throughput, cold start, memory, size and (optionally) accuracy of models, side by side.
 
-For every execution provider, batch size and sequence length, the models are timed interleaved; the first model is
-the baseline and every row carries its speedup over it (median against median, measured in the same rounds).
+For every execution provider, thread count, batch size and sequence length, the models are timed interleaved; the
+first model is the baseline and every row carries its speedup over it (median against median, measured in the same
+rounds) beside its own run-to-run spread. Cold start, first inference and peak memory come from a fresh process per
+row. Every row also carries the `onnxruntime_perf_test` command line that measures the same setting with ONNX
+Runtime's own tool.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bench.errors import BenchError
+from bench.fresh_process import fresh_process
 from bench.machine import describe
-from bench.peak_memory import peak_memory_mb
-from bench.providers import open_session, unavailable
+from bench.providers import PROVIDERS, open_session, unavailable
 from bench.workload import feeds, file_bytes, load_graph, parameter_count
 from compressor.timing import Timing, interleaved
 from user_errors import first_line
@@ -23,10 +28,10 @@ class Settings:
     providers: list[str]
     batches: list[int]
     seqs: list[int]
-    threads: int = 0  # intra-op threads; 0: ONNX Runtime's default
+    threads: list[int] = field(default_factory=lambda: [0])  # intra-op threads to sweep; 0: ONNX Runtime's default
     warmup: int = 3
     runs: int = 20
-    memory: bool = True  # peak RSS of a fresh process per row (a few seconds each)
+    memory: bool = True  # cold start, first inference and peak RSS of a fresh process per row (a second or so each)
 
 
 @dataclass
@@ -35,9 +40,16 @@ class BenchResult:
     settings: Settings
     rows: list[dict]
     skipped: list[str] = field(default_factory=list)  # why a requested provider was not measured
+    provider_options: dict[str, dict] = field(default_factory=dict)  # what each provider ran with, as ORT reports it
 
     def as_dict(self) -> dict:
-        return {"machine": self.machine, "settings": vars(self.settings), "skipped": self.skipped, "rows": self.rows}
+        return {
+            "machine": self.machine,
+            "settings": vars(self.settings),
+            "provider_options": self.provider_options,
+            "skipped": self.skipped,
+            "rows": self.rows,
+        }
 
 
 def labels(models: list[Path]) -> list[str]:
@@ -59,36 +71,50 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
     providers = [p for p, reason in reasons.items() if not reason]
     if not providers:
         raise BenchError(skipped[0])
-    rows = []
+    rows: list[dict] = []
+    options: dict[str, dict] = {}
     for provider in providers:
-        sessions = [open_session(m, provider, settings.threads) for m in models]
-        for batch in settings.batches:
-            for seq in settings.seqs:
-                inputs = [feeds(g, batch, seq) for g in graphs]
-                timings = _timed(models, sessions, inputs, batch, seq, settings)
-                for index, timing in enumerate(timings):
-                    memory = (
-                        round(peak_memory_mb(models[index], provider, settings.threads, batch, seq))
-                        if settings.memory
-                        else None
-                    )
-                    measured = _measured(timing, timings[0], memory)
-                    extra = {k: v for k, v in ((accuracy or {}).get(models[index]) or {}).items() if v is not None}
-                    where = {"provider": provider, "batch": batch, "seq": seq, "threads": settings.threads}
-                    rows.append(
-                        {
-                            "model": names[index],
-                            "path": str(models[index]),
-                            **where,
-                            **measured,
-                            **facts[index],
-                            **extra,
-                        }
-                    )
-    return BenchResult(describe(), settings, rows, skipped)
+        for threads in settings.threads:
+            sessions = [open_session(m, provider, threads) for m in models]
+            options[provider] = sessions[0].get_provider_options().get(PROVIDERS[provider], {})
+            for batch in settings.batches:
+                for seq in settings.seqs:
+                    where = {"provider": provider, "threads": threads, "batch": batch, "seq": seq}
+                    timings = _timed(sessions, [feeds(g, batch, seq) for g in graphs], batch, seq, settings)
+                    for index, timing in enumerate(timings):
+                        cold = fresh_process(models[index], provider, threads, batch, seq) if settings.memory else {}
+                        extra = {k: v for k, v in ((accuracy or {}).get(models[index]) or {}).items() if v is not None}
+                        rows.append(
+                            {
+                                "model": names[index],
+                                "path": str(models[index]),
+                                **where,
+                                **_measured(timing, timings[0]),
+                                **cold,
+                                **facts[index],
+                                **extra,
+                                "perf_test": perf_test_command(models[index], graphs[index], where, settings),
+                            }
+                        )
+    return BenchResult(describe(), settings, rows, skipped, options)
 
 
-def _timed(models, sessions, inputs, batch: int, seq: int, settings: Settings) -> list[Timing]:
+def perf_test_command(model: Path, graph, where: dict, settings: Settings) -> str:
+    """The `onnxruntime_perf_test` command line for the same model, provider, threads, shapes and run count: ORT's
+    own random inputs (-I), free dimensions set by name (-f), no spinning between runs (as here), statistics (-s)."""
+    sizes = {}
+    for value in graph.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim[:2]):
+            if dim.dim_param:
+                sizes.setdefault(dim.dim_param, (where["batch"], where["seq"])[axis])
+    free = " ".join(f'-f "{name}:{size}"' for name, size in sizes.items())
+    return (
+        f"onnxruntime_perf_test -e {where['provider']} -m times -r {settings.runs} -x {where['threads']} -I {free} "
+        f'-C "session.intra_op.allow_spinning|0" -s {model}'
+    ).replace("  ", " ")
+
+
+def _timed(sessions, inputs, batch: int, seq: int, settings: Settings) -> list[Timing]:
     try:
         return interleaved(sessions, inputs, batch, settings.warmup, settings.runs)
     except Exception as exc:  # ORT raises several types for one cause: a model that cannot run these inputs
@@ -96,12 +122,15 @@ def _timed(models, sessions, inputs, batch: int, seq: int, settings: Settings) -
         raise BenchError(f"a model fails at batch {batch}, sequence {seq} ({first}); check --batch and --seq") from exc
 
 
-def _measured(timing: Timing, baseline: Timing, memory: float | None) -> dict:
+def _measured(timing: Timing, baseline: Timing) -> dict:
     return {
         "p50_ms": round(timing.percentile(50) * 1e3, 3),
         "p90_ms": round(timing.percentile(90) * 1e3, 3),
         "p99_ms": round(timing.percentile(99) * 1e3, 3),
+        "min_ms": round(min(timing.seconds) * 1e3, 3),
+        "max_ms": round(max(timing.seconds) * 1e3, 3),
+        "std_ms": round(float(np.std(timing.seconds)) * 1e3, 3),
+        "spread": round(timing.spread, 3),
         "throughput": round(timing.throughput, 2),
         "speedup": round(baseline.percentile(50) / timing.percentile(50), 3),
-        "peak_memory_mb": memory,
     }

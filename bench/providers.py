@@ -22,6 +22,7 @@ PROVIDERS = {
     "openvino": "OpenVINOExecutionProvider",
     "dml": "DmlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
 }
 GPU_PROVIDERS = ("cuda", "tensorrt", "rocm", "migraphx", "dml")
 GPU_INSTALL_HINT = (
@@ -31,9 +32,11 @@ GPU_INSTALL_HINT = (
 
 
 def parse_providers(value: str | None) -> list[str]:
-    """Short names from a comma-separated list; None means cpu plus every GPU provider this ONNX Runtime offers."""
+    """Short names from a comma-separated list; None means cpu plus every GPU provider and XNNPACK that this ONNX
+    Runtime build offers."""
     if value is None:
-        return ["cpu", *(name for name in GPU_PROVIDERS if PROVIDERS[name] in ort.get_available_providers())]
+        offered = ort.get_available_providers()
+        return ["cpu", *(name for name in (*GPU_PROVIDERS, "xnnpack") if PROVIDERS[name] in offered)]
     names = [name.strip().lower() for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in PROVIDERS]
     if unknown or not names:

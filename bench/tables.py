@@ -14,14 +14,21 @@ from bench.machine import header_line
 COLUMNS = (
     ("model", "model", "{}"),
     ("provider", "provider", "{}"),
+    ("threads", "threads", "{}"),
     ("batch", "batch", "{}"),
     ("seq", "seq", "{}"),
     ("p50_ms", "p50 ms", "{:.2f}"),
     ("p90_ms", "p90 ms", "{:.2f}"),
     ("p99_ms", "p99 ms", "{:.2f}"),
+    ("min_ms", "min ms", "{:.2f}"),
+    ("max_ms", "max ms", "{:.2f}"),
+    ("std_ms", "std ms", "{:.2f}"),
+    ("spread", "spread", "{:.0%}"),
     ("throughput", "seq/s", "{:.1f}"),
     ("speedup", "speedup", "{:.2f}x"),
-    ("peak_memory_mb", "peak RSS MB", "{}"),
+    ("cold_start_ms", "cold start ms", "{:.0f}"),
+    ("first_run_ms", "first run ms", "{:.1f}"),
+    ("peak_memory_mb", "peak RSS MB", "{:.0f}"),
     ("file_mb", "file MB", "{:.1f}"),
     ("parameters", "params", "{:,}"),
     ("accuracy", "accuracy", "{:.4f}"),
@@ -31,8 +38,11 @@ COLUMNS = (
 )
 
 
-def _present(result: BenchResult) -> list[tuple[str, str, str]]:
-    return [c for c in COLUMNS if any(row.get(c[0]) is not None for row in result.rows)]
+TERMINAL_LEAVES_OUT = ("min_ms", "max_ms", "std_ms")  # in --markdown and --json; the terminal has no room
+
+
+def _present(result: BenchResult, leave_out: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if c[0] not in leave_out and any(row.get(c[0]) is not None for row in result.rows)]
 
 
 def _cells(row: dict, columns: list[tuple[str, str, str]]) -> list[str]:
@@ -41,16 +51,24 @@ def _cells(row: dict, columns: list[tuple[str, str, str]]) -> list[str]:
 
 def _caption(result: BenchResult) -> str:
     settings = result.settings
-    threads = settings.threads or "ONNX Runtime default"
     return (
-        f"{header_line(result.machine)}; intra-op threads: {threads}; {settings.warmup} warm-up and {settings.runs} "
-        f"timed runs per model, interleaved; speedup: baseline p50 / p50 (baseline: the first model)"
+        f"{header_line(result.machine)}; intra-op threads 0 = ONNX Runtime's default; {settings.warmup} warm-up and "
+        f"{settings.runs} timed runs per model, interleaved; speedup: baseline p50 / p50 (baseline: the first model); "
+        "spread: (p90 - p10) / p50 of the row's own runs (a speedup within the baseline's spread is noise); cold start "
+        "(model read + session creation), first run and peak RSS: a fresh process per row"
     )
+
+
+def _details(result: BenchResult) -> list[str]:
+    """What each provider ran with, and the onnxruntime_perf_test command line of every distinct row."""
+    lines = [f"- {provider} options: {options or 'none'}" for provider, options in result.provider_options.items()]
+    commands = list(dict.fromkeys(row["perf_test"] for row in result.rows))
+    return lines + ["", "The same settings with ONNX Runtime's own tool:", "", "```", *commands, "```"]
 
 
 def print_table(result: BenchResult) -> None:
     console = Console(file=sys.stdout, width=200)
-    columns = _present(result)
+    columns = _present(result, TERMINAL_LEAVES_OUT)
     table = Table(caption=_caption(result))
     for _, title, _ in columns:
         table.add_column(title)
@@ -69,6 +87,8 @@ def markdown(result: BenchResult) -> str:
         "| " + " | ".join(title for _, title, _ in columns) + " |",
         "|" + "---|" * len(columns),
         *("| " + " | ".join(_cells(row, columns)) + " |" for row in result.rows),
+        "",
+        *_details(result),
     ]
     lines += [f"\nSkipped: {reason}" for reason in result.skipped]
     return "\n".join(lines) + "\n"

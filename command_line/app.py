@@ -248,7 +248,9 @@ def bench(
     ] = None,
     batch: Annotated[str, typer.Option(help="batch sizes, comma separated")] = "1,8,32",
     seq: Annotated[str, typer.Option(help="sequence lengths, comma separated")] = "32,128",
-    threads: Annotated[int, typer.Option(min=0, help="intra-op threads; 0: ONNX Runtime's default")] = 0,
+    threads: Annotated[
+        str, typer.Option(help="intra-op thread counts to sweep, comma separated; 0: ONNX Runtime's default")
+    ] = "0",
     warmup: Annotated[int, typer.Option(min=0, help="untimed runs per model before timing")] = 3,
     runs: Annotated[int, typer.Option(min=1, help="timed runs per model and setting")] = 20,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="peak RSS of a fresh process per row")] = True,
@@ -269,7 +271,7 @@ def bench(
         parse_providers(providers),
         _positive_ints("--batch", batch),
         _positive_ints("--seq", seq),
-        threads,
+        _counts("--threads", threads, lowest=0),
         warmup,
         runs,
         memory,
@@ -290,9 +292,14 @@ def bench(
 
 
 def _positive_ints(option: str, value: str) -> list[int]:
+    return _counts(option, value, lowest=1)
+
+
+def _counts(option: str, value: str, lowest: int) -> list[int]:
     parts = [p.strip() for p in value.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise BenchError(f"{option} takes positive integers separated by commas, e.g. {option} 1,8,32; got {value!r}")
+    if not parts or not all(p.isdigit() and int(p) >= lowest for p in parts):
+        kind = "positive integers" if lowest == 1 else f"integers of at least {lowest}"
+        raise BenchError(f"{option} takes {kind} separated by commas, e.g. {option} 1,2,4; got {value!r}")
     return list(dict.fromkeys(int(p) for p in parts))
 
 

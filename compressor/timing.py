@@ -24,6 +24,11 @@ class Timing:
         return float(np.percentile(self.seconds, q))
 
     @property
+    def spread(self) -> float:
+        """Run-to-run spread: (p90 - p10) / p50. A speedup within the baseline's spread is noise."""
+        return (self.percentile(90) - self.percentile(10)) / self.percentile(50)
+
+    @property
     def throughput(self) -> float:
         """Sequences per second over all timed runs."""
         return self.batch * len(self.seconds) / sum(self.seconds)

@@ -35,27 +35,34 @@ def test_bench_measures_both_models_per_setting_against_the_first(pair, tiny_fol
     report, table = tmp_path / "bench.json", tmp_path / "bench.md"
     result = compress(
         "bench", str(original), str(small), "--providers", "cpu", "--batch", "1,4", "--seq", "8", "--runs", "3",
-        "--warmup", "1", "--threads", "1", "--data", str(tiny_folder / "calib.tsv"),
+        "--warmup", "1", "--threads", "1,2", "--data", str(tiny_folder / "calib.tsv"),
         "--json", str(report), "--markdown", str(table),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     found = json.loads(report.read_text())
     rows = found["rows"]
     first = f"{original.parent.name}/model.onnx"
-    assert [(r["model"], r["batch"]) for r in rows] == [
-        (first, 1), ("small/model.onnx", 1), (first, 4), ("small/model.onnx", 4)
+    assert [(r["model"], r["threads"], r["batch"]) for r in rows] == [
+        (first, 1, 1), ("small/model.onnx", 1, 1), (first, 1, 4), ("small/model.onnx", 1, 4),
+        (first, 2, 1), ("small/model.onnx", 2, 1), (first, 2, 4), ("small/model.onnx", 2, 4),
     ]  # fmt: skip
-    assert found["settings"]["threads"] == 1 and found["machine"]["cores"] >= 1
+    assert found["settings"]["threads"] == [1, 2] and found["machine"]["cores"] >= 1
+    assert found["provider_options"] == {"cpu": {}} or "cpu" in found["provider_options"]
     for row in rows:
-        assert row["provider"] == "cpu" and row["seq"] == 8 and row["threads"] == 1
-        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["provider"] == "cpu" and row["seq"] == 8
+        assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["std_ms"] >= 0 and row["spread"] >= 0
         assert row["throughput"] > 0 and row["peak_memory_mb"] > 0 and 0 <= row["accuracy"] <= 1
+        assert row["cold_start_ms"] > 0 and row["first_run_ms"] > 0
+        assert row["perf_test"].startswith(f"onnxruntime_perf_test -e cpu -m times -r 3 -x {row['threads']} -I ")
+        assert f'-f "batch_size:{row["batch"]}"' in row["perf_test"] and row["perf_test"].endswith(row["path"])
     base, other = rows[0], rows[1]
     assert base["speedup"] == 1.0
     assert other["speedup"] == pytest.approx(base["p50_ms"] / other["p50_ms"], rel=0.01)
     assert other["parameters"] < base["parameters"] and other["file_mb"] < base["file_mb"]
     text = table.read_text()
-    assert "| model | provider | batch | seq | p50 ms |" in text and "small/model.onnx" in text
+    assert "| model | provider | threads | batch | seq | p50 ms |" in text and "small/model.onnx" in text
+    assert "onnxruntime_perf_test -e cpu" in text and "cpu options:" in text
     assert "speedup" in result.stdout and "small/model.onnx" in result.stdout
 
 

@@ -57,7 +57,7 @@ def test_speedup_is_the_baseline_median_over_each_model_median(tiny_folder, tmp_
         return [Timing([ms / 1e3 for ms in times], batch) for times in milliseconds]
 
     monkeypatch.setattr(deployment, "interleaved", fake)
-    settings = deployment.Settings(["cpu"], [4], [8], threads=1, runs=3, memory=False)
+    settings = deployment.Settings(["cpu"], [4], [8], threads=[1], runs=3, memory=False)
     rows = deployment.run_bench(models, settings).rows
     assert [row["model"] for row in rows] == ["base.onnx", "fast.onnx", "slow.onnx"]
     assert [row["p50_ms"] for row in rows] == [4.0, 2.0, 8.0]
@@ -81,6 +81,6 @@ def test_bench_gives_no_row_for_a_provider_that_fell_back(tiny_folder, monkeypat
     """The build claims the provider (as a CUDA build without a driver does); the session still runs on the CPU."""
     provider = _missing_provider()
     monkeypatch.setattr(deployment, "unavailable", lambda name: None)
-    settings = deployment.Settings([provider], [1], [8], threads=1, runs=1, memory=False)
+    settings = deployment.Settings([provider], [1], [8], threads=[1], runs=1, memory=False)
     with pytest.raises(BenchError, match=f"provider {provider} did not start"):
         deployment.run_bench([tiny_folder / "model.onnx"], settings)
