@@ -1,3 +1,3 @@
-from command_line.app import main
+from command_line.entry import main
 
 main()

