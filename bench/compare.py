@@ -4,7 +4,9 @@
     python -m bench.compare --model ../shared/models/minilm-sst2 \
         --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
 
-Any model folder (model.onnx plus tokenizer) and any labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
+`--only edge` remeasures the edge-latency section alone (bench/edge_latency.py) and rewrites the page from the
+other sections' stored rows (bench/results/compare.json). Any model folder (model.onnx plus tokenizer) and any
+labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
 magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
 int8 (per channel) alone and after `compress`. Speed: `compress bench`'s interleaved timing, CPU, sequence 128,
@@ -25,6 +27,7 @@ import onnx
 from bench import accuracy_tables, plots
 from bench.accuracy_tables import KEEPS, saved_name
 from bench.deployment import Settings, run_bench
+from bench.edge_latency import edge_markdown, edge_models, edge_rows
 from bench.flops import matmul_flops_per_token
 from bench.machine import describe, header_line
 from bench.unstructured_pruning import magnitude_zeroed
@@ -256,6 +259,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     ]
     lines += targets_markdown(found)
     lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
+    lines += edge_markdown(found["edge"], args.runs) if "edge" in found else []
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
     )
@@ -272,8 +276,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per model and batch size")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--only", choices=["edge"], help="remeasure one section, keep the stored rows of the others")
     args = parser.parse_args()
+    found = json.loads((RESULTS / "compare.json").read_text()) if args.only else measure_all(args)
+    with tempfile.TemporaryDirectory(prefix="mi-edge-") as folder:
+        found["edge"] = edge_rows(edge_models(args.model, args.calib, args.samples, Path(folder)), args.runs)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
+    args.out.write_text(render(args, found["machine"], found))
+
+
+def measure_all(args: argparse.Namespace) -> dict:
+    """Every section but the edge one: accuracy tables, onnxsim, speed, FLOPs, cost; plots written."""
     machine = describe()
+    RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mi-compare-") as folder:
         saved = Path(folder)
         rows = accuracy_tables.accuracy_table(args.model, args.calib, args.data, args.samples, saved)
@@ -285,11 +301,9 @@ def main() -> None:
     original = next(p["accuracy"] for p in points if p["family"] == "original")
     found = {"machine": machine, "original_accuracy": original, "points": points, "flops": flops, "rows": rows}
     found.update(onnxsim=peers, costs=costs)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     plots.speed_figure(points, SEQ, RESULTS / "accuracy_vs_speedup.png")
     plots.size_figure(points, RESULTS / "accuracy_vs_size.png")
-    args.out.write_text(render(args, machine, found))
+    return found
 
 
 if __name__ == "__main__":
