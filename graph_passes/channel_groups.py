@@ -103,7 +103,12 @@ class GraphAnalysis:
         return [g for g in self.groups if g.kind == kind]
 
     def linear(self, weight: str) -> LinearWeight:
+        """The first application of `weight` (in graph order)."""
         return next(w for w in self.linears if w.weight == weight)
+
+    def uses(self, weight: str) -> list[LinearWeight]:
+        """Every application of `weight`, in graph order: several when layers share it (ALBERT)."""
+        return sorted((w for w in self.linears if w.weight == weight), key=lambda w: w.node_index)
 
     def group_of_axis(self, tensor: str, axis: int) -> ChannelGroup | None:
         """The group an axis belongs to (None when it belongs to none, or only as the inside of a unit)."""
@@ -173,7 +178,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
         has_units = any(view == UNITS for view, _ in group_dims.values())
         width = max(w for view, w in group_dims.values() if view == FLAT)
         blockers = [b for d, (view, _) in group_dims.items() if view != WITHIN for b in dims.blockers_of(d)]
-        kind = "heads" if has_units else ("hidden" if "normalized" in tags[key] else "dense")
+        kind = "heads" if has_units else ("hidden" if {"normalized", "residual"} <= tags[key] else "dense")
         groups.append(
             ChannelGroup(
                 id=key,
@@ -189,6 +194,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
                 sections=sections,
             )
         )
+    _one_hidden_stream(groups)
     _link_weights(groups, ctx)
     _classify(groups, {w.weight: w.node_index for w in ctx.linears})
     return sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.layer if g.layer is not None else -1))
@@ -201,7 +207,9 @@ def _roles(dims: DimGraph) -> dict[int, tuple[int, str, int]]:
     """Map each dimension class to (its group's key, its view in that group, its unit width).
 
     A blocked group is keyed by its units (the heads axis): every flat axis split as (heads, head_dim) with
-    the same heads belongs to it, whatever its head_dim (queries and keys share one, values another).
+    the same heads belongs to it, whatever its head_dim (queries and keys share one, values another). An axis
+    made of sections belongs to its parts' group when they all are flat axes of one group; otherwise it and its
+    parts cannot be pruned.
     """
     roles: dict[int, tuple[int, str, int]] = {}
     for flat, outer, inner in dims.factors:
@@ -209,15 +217,21 @@ def _roles(dims: DimGraph) -> dict[int, tuple[int, str, int]]:
             roles.setdefault(outer, (outer, UNITS, 1))
             roles[flat] = (roles[outer][0], FLAT, dims.size[inner])
             roles.setdefault(inner, (roles[outer][0], WITHIN, dims.size[inner]))
-    for flat, parts in dims.sections:
-        keys = {roles.get(part, (None, None, 0))[:2] for part in parts}
-        if len(keys) == 1 and next(iter(keys))[1] == FLAT and flat not in roles:
-            roles[flat] = (next(iter(keys))[0], SECTIONS, 0)
-        else:
-            dims.block(flat, Blocker("", "", "packs parts that do not shrink together"))
+    packed = {flat for flat, _ in dims.sections}
     for dim in range(len(dims.parent)):
         root = dims.find(dim)
-        roles.setdefault(root, (root, FLAT, 1))
+        if root not in packed:
+            roles.setdefault(root, (root, FLAT, 1))
+    for flat, parts in dims.sections:
+        keys = {roles.get(part, (None, None, 0))[:2] for part in parts}
+        key = next(iter(keys))
+        if len(keys) == 1 and key[1] == FLAT and roles.get(flat, (key[0], SECTIONS))[:2] == (key[0], SECTIONS):
+            roles[flat] = (key[0], SECTIONS, 0)
+            continue
+        for dim in (flat, *parts):
+            dims.block(dim, dims.packer(flat, "joins or splits parts that do not shrink together"))
+    for flat, _ in dims.sections:
+        roles.setdefault(flat, (flat, FLAT, 1))
     return roles
 
 
@@ -227,6 +241,14 @@ def _member_order(member: Member) -> tuple[str, int]:
 
 def _unique(blockers: list[Blocker]) -> list[Blocker]:
     return list(dict.fromkeys(blockers))
+
+
+def _one_hidden_stream(groups: list[ChannelGroup]) -> None:
+    """The encoder's residual stream is the normalised, summed group with the most parameters; another one (ALBERT's
+    embeddings, summed and normalised before their projection into the stream) is a dense group."""
+    streams = sorted((g for g in groups if g.kind == "hidden"), key=lambda g: -len(g.params))
+    for group in streams[1:]:
+        group.kind = "dense"
 
 
 def _link_weights(groups: list[ChannelGroup], ctx: RuleContext) -> None:

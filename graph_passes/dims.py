@@ -1,5 +1,5 @@
 """Union-find over tensor axes, with factorizations for axes that reshapes split into (units, width), and sections
-for axes that pack several such axes end to end."""
+for axes that pack several such axes end to end (a fused projection cut by Split, Slice or joined by Concat)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ class Blocker:
         return f"{self.op_type} node {self.node!r}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class Piece:
+    """`part` holds entries [start, stop) of `flat`: one output of the Slice node `node`. `fixed`: its bounds are
+    constants, which would not follow a pruned `flat` (bounds computed from the shape at run time do)."""
+
+    flat: int
+    start: int
+    stop: int
+    part: int
+    node: str
+    fixed: bool
+
+
 @dataclass
 class DimGraph:
     """Each tensor axis is a dimension; coupled axes are unioned into one class.
@@ -32,6 +45,8 @@ class DimGraph:
     axes: dict[tuple[str, int], int] = field(default_factory=dict)
     factors: list[tuple[int, int, int]] = field(default_factory=list)
     sections: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)
+    packers: dict[int, tuple[str, str]] = field(default_factory=dict)  # sections flat -> (node, op type) making it
     blockers: dict[int, list[Blocker]] = field(default_factory=dict)
 
     def new(self, size: int) -> int:
@@ -66,9 +81,18 @@ class DimGraph:
     def factor(self, flat: int, outer: int, inner: int) -> None:
         self.factors.append((flat, outer, inner))
 
-    def concatenate(self, flat: int, parts: list[int]) -> None:
+    def concatenate(self, flat: int, parts: list[int], node: str = "", op_type: str = "") -> None:
         """flat = parts laid end to end: a packed Q, K, V projection's output axis, each part split into heads."""
         self.sections.append((flat, tuple(parts)))
+        self.packers.setdefault(flat, (node, op_type))
+
+    def packer(self, flat: int, reason: str) -> Blocker:
+        """A blocker naming the node that packs (or cuts) `flat` into sections."""
+        node, op_type = next((v for k, v in self.packers.items() if self.find(k) == self.find(flat)), ("", ""))
+        return Blocker(node, op_type, reason)
+
+    def piece(self, piece: Piece) -> None:
+        self.pieces.append(piece)
 
     def block(self, dim: int, blocker: Blocker) -> None:
         self.blockers.setdefault(self.find(dim), []).append(blocker)
@@ -77,7 +101,16 @@ class DimGraph:
         return self.blockers.get(self.find(dim), [])
 
     def settle(self) -> None:
-        """Make factorizations consistent: one flat has one (outer, inner), and equal factors mean equal flats."""
+        """Make factorizations consistent: one flat has one (outer, inner), and equal factors mean equal flats.
+        Then pieces that tile their axis become sections, and an axis (k, inner) whose k is split into single
+        entries (a fused Q, K, V reshaped to (3, heads, head_dim) and split) becomes k sections of inner."""
+        self._settle_factors()
+        self._sections_from_pieces()
+        self._unroll_split_factors()
+        self._block_factors_of_blocked_flats()
+        self.sections = sorted({(self.find(f), tuple(self.find(p) for p in parts)) for f, parts in self.sections})
+
+    def _settle_factors(self) -> None:
         changed = True
         while changed:
             changed = False
@@ -100,7 +133,50 @@ class DimGraph:
                 by_parts.setdefault((o, i), f)
             self.factors = [(self.find(f), self.find(o), self.find(i)) for f, o, i in self.factors]
         self.factors = sorted(set(self.factors))
-        self.sections = sorted({(self.find(f), tuple(self.find(p) for p in parts)) for f, parts in self.sections})
+
+    def _block_factors_of_blocked_flats(self) -> None:
+        """What blocks a flat axis blocks its factors: heads merged with the batch (DeBERTa's (batch x heads, ...)
+        layout) are blocked by whatever blocks that merged axis, so no group escapes a blocker through a merge."""
+        changed = True
+        while changed:
+            changed = False
+            for flat, outer, inner in self.factors:
+                for part in (outer, inner):
+                    missing = [b for b in self.blockers_of(flat) if b not in self.blockers_of(part)]
+                    if missing:
+                        self.blockers.setdefault(self.find(part), []).extend(missing)
+                        changed = True
+
+    def _sections_from_pieces(self) -> None:
+        by_flat: dict[int, list[Piece]] = {}
+        for piece in self.pieces:
+            by_flat.setdefault(self.find(piece.flat), []).append(piece)
+        for flat, pieces in by_flat.items():
+            spans = sorted({(p.start, p.stop, self.find(p.part)) for p in pieces})
+            tiles = [s for s, _, _ in spans] == [0] + [e for _, e, _ in spans[:-1]] and spans[-1][1] == self.size[flat]
+            fixed = [p for p in pieces if p.fixed]
+            if tiles and not fixed:
+                self.concatenate(flat, [part for _, _, part in spans], pieces[0].node, "Slice")
+                continue
+            node = (fixed or pieces)[0].node
+            reason = "cuts this axis at constant bounds" if fixed else "cuts this axis to a fixed range"
+            for dim in [flat] + [p.part for p in pieces]:
+                self.block(dim, Blocker(node, "Slice", reason))
+
+    def _unroll_split_factors(self) -> None:
+        unrolled = {
+            self.find(f)
+            for f, parts in self.sections
+            if len(parts) == self.size[self.find(f)] and all(self.size[self.find(p)] == 1 for p in parts)
+        }
+        kept = []
+        for flat, outer, inner in self.factors:
+            if self.find(outer) in unrolled:
+                packer = self.packer(outer, "")
+                self.concatenate(flat, [inner] * self.size[self.find(outer)], packer.node, packer.op_type)
+            else:
+                kept.append((flat, outer, inner))
+        self.factors = kept
 
     def factorization(self, dim: int) -> tuple[int, int] | None:
         root = self.find(dim)

@@ -79,13 +79,15 @@ def _check_inside(path: Path, location: str) -> None:
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The form the passes work on: constants as initializers, and no initializer shared between two uses.
+    """The form the passes work on: constants as initializers, Identity copies of initializers resolved, and no
+    vector or scalar initializer shared between two uses.
 
-    Exporters deduplicate equal constants (all-zero biases of different layers become one tensor); a shared
-    tensor would couple unrelated channels, so each use gets its own copy. `share_equal_initializers` undoes
-    this on the output.
+    Exporters deduplicate equal constants (all-zero biases of different layers become one tensor, or Identity
+    copies of it); a shared tensor would couple unrelated channels, so each use gets its own copy.
+    `share_equal_initializers` undoes this on the output. A matrix used by several nodes is a weight the model
+    shares (ALBERT's layers): it stays one tensor, so its uses shrink together.
     """
-    return _unshare_initializers(constants_to_initializers(model))
+    return _unshare_initializers(_resolve_identity_copies(constants_to_initializers(model)))
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -120,12 +122,52 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto:
     raise UnsupportedGraphError(f"Constant node {node.name!r} holds a {attr.name}; only tensor constants are supported")
 
 
+def _resolve_identity_copies(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Identity nodes that copy an initializer (how exporters write tied or deduplicated parameters): a matrix's
+    users read the initializer itself (a shared weight), a smaller tensor's copy becomes an initializer."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {v.name for v in graph.output} | subgraph_inputs(graph)
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        source = rename.get(node.input[0], node.input[0]) if node.input else ""
+        if node.op_type != "Identity" or source not in initializers or node.output[0] in outputs:
+            kept.append(node)
+        elif len(initializers[source].dims) >= 2:
+            rename[node.output[0]] = source
+        else:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[source])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            initializers[copy.name] = copy
+    for node in kept:
+        for slot, name in enumerate(node.input):
+            if name in rename:
+                node.input[slot] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name that a node inside a subgraph (If, Loop, Scan bodies) reads, at any depth."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names.update(name for inner in body.node for name in inner.input)
+                names |= subgraph_inputs(body)
+    return names
+
+
 def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     initializers = {t.name: t for t in model.graph.initializer}
     seen: set[str] = set()
     for node in model.graph.node:
         for slot, name in enumerate(node.input):
-            if name not in initializers or np.prod(initializers[name].dims) <= 1:
+            if name not in initializers or np.prod(initializers[name].dims) <= 1 or len(initializers[name].dims) > 1:
                 continue
             if name in seen:
                 copy = onnx.TensorProto()
@@ -139,7 +181,7 @@ def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def share_equal_initializers(model: onnx.ModelProto) -> None:
     """Let equal initializers (same type, shape and bytes) be one tensor again, in place."""
-    graph_io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    graph_io = {v.name for v in list(model.graph.input) + list(model.graph.output)} | subgraph_inputs(model.graph)
     first: dict[tuple, str] = {}
     rename: dict[str, str] = {}
     for tensor in model.graph.initializer:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from graph_passes.dims import Blocker, DimGraph
+from graph_passes.dims import Blocker, DimGraph, Piece
 
 
 @dataclass(frozen=True)
@@ -164,14 +164,51 @@ def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.block(data, axis, node, "selects entries along this axis")
 
 
-def slice_like(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    """Slice and Pad: axes that keep their length are tied; an axis that changes length cannot be pruned."""
+def pad(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Pad: axes that keep their length are tied; an axis that changes length cannot be pruned."""
     data, out = node.input[0], node.output[0]
     for axis, (before, after) in enumerate(zip(ctx.shape(data), ctx.shape(out))):
         if before == after:
             ctx.tie(data, axis, out, axis)
         else:
-            ctx.block(data, axis, node, "cuts or pads this axis to a fixed range")
+            ctx.block(data, axis, node, "pads this axis to a fixed range")
+
+
+def slice_(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Slice: axes that keep their length are tied; a cut axis records its output as a piece [start, stop) of the
+    input. Pieces that tile an axis are sections of it (a fused projection cut in two: GeGLU's input and gate);
+    any other cut blocks the axis (`DimGraph.settle`)."""
+    data, out = node.input[0], node.output[0]
+    shape = ctx.shape(data)
+    bounds = _slice_bounds(node, ctx)
+    for axis, (before, after) in enumerate(zip(shape, ctx.shape(out))):
+        if axis not in bounds:
+            ctx.tie(data, axis, out, axis)
+        elif bounds[axis] is None:
+            ctx.block(data, axis, node, "cuts this axis with a step")
+            ctx.block(out, axis, node, "cuts this axis with a step")
+        else:
+            start, fixed = bounds[axis]
+            piece = Piece(ctx.dim(data, axis), start, start + after, ctx.dim(out, axis), node.name, fixed)
+            ctx.dims.piece(piece)
+
+
+def _slice_bounds(node: onnx.NodeProto, ctx: RuleContext) -> dict[int, tuple[int, bool] | None]:
+    """Per sliced axis: (clamped start, whether the bounds are constants), or None for a step other than 1."""
+    data = ctx.shape(node.input[0])
+    inputs = list(node.input) + [""] * 5
+    starts, ends = ctx.value(inputs[1]).tolist(), ctx.value(inputs[2]).tolist()
+    axes = ctx.value(inputs[3]).tolist() if inputs[3] else list(range(len(starts)))
+    steps = ctx.value(inputs[4]).tolist() if inputs[4] else [1] * len(starts)
+    fixed = inputs[1] in ctx.static and inputs[2] in ctx.static
+    bounds: dict[int, tuple[int, bool] | None] = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= len(data)
+        begin, stop, _ = slice(start, end, step).indices(data[axis])
+        if (begin, stop, step) == (0, data[axis], 1):
+            continue
+        bounds[axis] = (begin, fixed) if step == 1 else None
+    return bounds
 
 
 def _reshape_blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -244,7 +281,8 @@ def transpose(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 
 def concat_like(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    """Concat and Split: every axis but the joined one is tied; the joined axis cannot be pruned."""
+    """Concat and Split: every axis but the joined one is tied; the joined axis is the parts laid end to end
+    (sections), prunable when every part shrinks with the same units."""
     sources = _inputs(node)[:1] if node.op_type == "Split" else _inputs(node)
     targets = [o for o in node.output if o] if node.op_type == "Split" else node.output[:1]
     rank = len(ctx.shape(targets[0]))
@@ -254,8 +292,8 @@ def concat_like(node: onnx.NodeProto, ctx: RuleContext) -> None:
             for k in range(rank):
                 if k != axis:
                     ctx.tie(src, k, dst, k)
-    for name in sources + targets:
-        ctx.block(name, axis, node, "joins or splits tensors along this axis")
+    flat, parts = (sources[0], targets) if node.op_type == "Split" else (targets[0], sources)
+    ctx.dims.concatenate(ctx.dim(flat, axis), [ctx.dim(part, axis) for part in parts], node.name, node.op_type)
 
 
 def reduce(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -344,7 +382,7 @@ def attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     for part, size in zip(parts, sizes):
         ctx.dims.factor(part, units, ctx.dims.new(size // heads))
     ctx.dims.union(parts[2], ctx.dim(out, 2))
-    ctx.dims.concatenate(ctx.dim(weight, 1), parts)
+    ctx.dims.concatenate(ctx.dim(weight, 1), parts, node.name, node.op_type)
     if len(node.input) > 2 and node.input[2]:
         ctx.tie(node.input[2], 0, weight, 1)
     ctx.linears.append(LinearWeight(weight, 0, 1, ctx.node_index, data))
@@ -366,7 +404,8 @@ def multi_head_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.tie(query, 0, out, 0)
     ctx.tie(query, 1, out, 1)
     if len(node.input) > 3 and node.input[3]:
-        ctx.dims.concatenate(ctx.dim(node.input[3], 0), [ctx.dim(name, 2) for name in (query, key, value)])
+        parts = [ctx.dim(name, 2) for name in (query, key, value)]
+        ctx.dims.concatenate(ctx.dim(node.input[3], 0), parts, node.name, node.op_type)
 
 
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -379,6 +418,23 @@ def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
             ctx.tie(data, k, out, axis)
         else:
             ctx.block(out, axis, node, "its shape input spells this axis's size")
+
+
+def conv(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Conv (a patch embedding): output channels are the weight's axis 0 and the bias; input channels its axis 1
+    (when not grouped); spatial axes are convolved, so they cannot be pruned."""
+    data, weight, out = node.input[0], node.input[1], node.output[0]
+    ctx.tie(data, 0, out, 0)
+    ctx.tie(weight, 0, out, 1)
+    if len(node.input) > 2 and node.input[2]:
+        ctx.tie(node.input[2], 0, out, 1)
+    if _attr(node, "group", 1) == 1:
+        ctx.tie(data, 1, weight, 1)
+    else:
+        ctx.block(data, 1, node, "grouped convolution")
+    for axis in range(2, len(ctx.shape(data))):
+        ctx.block(data, axis, node, "convolves along this axis")
+        ctx.block(out, axis, node, "convolves along this axis")
 
 
 def sizes_only(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -412,7 +468,8 @@ RULES: dict[str, Rule] = {
     **{op: reduce for op in REDUCE.split()},
     **{op: reshape for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")},
     **{op: sizes_only for op in ("Shape", "Size", "ConstantOfShape", "Range", "NonZero")},
-    **{op: slice_like for op in ("Slice", "Pad")},
+    "Slice": slice_,
+    "Pad": pad,
     **{op: concat_like for op in ("Concat", "Split")},
     **{op: layer_norm for op in ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization")},
     "Softmax": along_axis("normalises over this axis"),
@@ -423,6 +480,7 @@ RULES: dict[str, Rule] = {
     "Gather": gather,
     "Transpose": transpose,
     "Expand": expand,
+    "Conv": conv,
     "SkipLayerNormalization": skip_layer_norm,
     "SkipSimplifiedLayerNormalization": skip_layer_norm,
     "EmbedLayerNormalization": embed_layer_norm,

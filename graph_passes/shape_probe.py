@@ -2,9 +2,15 @@
 
 The channel analysis reads sizes from here instead of trusting symbolic shape inference, which loses track of
 sizes computed at run time (Shape -> Gather -> Concat -> Reshape chains).
+
+Image inputs (a float NCHW input read by a Conv, as ViT's `pixel_values`) get the Conv's channel count and a square
+size read from the graph: a multiple k of the Conv's stride whose k x k patches, plus a class token or none, match
+an axis of some initializer (the position embeddings).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import onnx
@@ -17,9 +23,11 @@ from graph_passes.errors import UnsupportedGraphError
 DYNAMIC_SIZES = (3, 11, 13, 17)
 
 
-def dummy_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Feeds for every graph input: ones for masks, zeros for other integer inputs, noise for floats."""
+def dummy_inputs(model: onnx.ModelProto, image_size: int | None = None) -> dict[str, np.ndarray]:
+    """Feeds for every graph input: ones for masks, zeros for other integer inputs, noise for floats; image inputs
+    are `image_size` pixels square (dynamic sizes otherwise)."""
     initializer_names = {t.name for t in model.graph.initializer}
+    images = _image_inputs(model)
     symbol_sizes: dict[str, int] = {}
     feeds = {}
     rng = np.random.default_rng(0)
@@ -28,6 +36,8 @@ def dummy_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             continue
         tensor_type = value.type.tensor_type
         shape = [_dim_size(dim, axis, symbol_sizes) for axis, dim in enumerate(tensor_type.shape.dim)]
+        if value.name in images:
+            shape = _image_shape(tensor_type.shape.dim, shape, images[value.name][0], image_size)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
@@ -36,6 +46,45 @@ def dummy_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         else:
             feeds[value.name] = np.zeros(shape, dtype=dtype)
     return feeds
+
+
+def _image_inputs(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """Float rank-4 graph inputs read by a Conv: name -> (channels, stride along the image)."""
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.input}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and ranks.get(node.input[0]) == 4 and len(weights.get(node.input[1], ())) == 4:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
+            found.setdefault(node.input[0], (weights[node.input[1]][1] * group, max(strides)))
+    return found
+
+
+def _image_shape(dims, shape: list[int], channels: int, image_size: int | None) -> list[int]:
+    """NCHW: the Conv's channels, the image size on dynamic spatial axes."""
+    fixed = [dim.HasField("dim_value") and dim.dim_value > 0 for dim in dims]
+    shape = list(shape)
+    if not fixed[1]:
+        shape[1] = channels
+    for axis in (2, 3):
+        if not fixed[axis] and image_size is not None:
+            shape[axis] = image_size
+    return shape
+
+
+def image_sizes(model: onnx.ModelProto) -> list[int]:
+    """Square image sizes worth trying, most plausible first: k x stride where k * k patches plus one class token
+    (then none, then two) is the length of an axis of an initializer."""
+    strides = {stride for _, stride in _image_inputs(model).values()}
+    lengths = list(dict.fromkeys(d for t in model.graph.initializer if len(t.dims) >= 2 for d in t.dims))
+    sizes = []
+    for extra in (1, 0, 2):
+        for length in lengths:
+            side = math.isqrt(max(length - extra, 0))
+            if side >= 1 and side * side == length - extra:
+                sizes += [side * stride for stride in sorted(strides)]
+    return list(dict.fromkeys(sizes))
 
 
 def _dim_size(dim: onnx.TensorShapeProto.Dimension, axis: int, symbol_sizes: dict[str, int]) -> int:
@@ -48,8 +97,29 @@ def _dim_size(dim: onnx.TensorShapeProto.Dimension, axis: int, symbol_sizes: dic
 
 
 def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Run the model once with every node output exposed; return the value of every tensor by name."""
-    feeds = dummy_inputs(model) if feeds is None else feeds
+    """Run the model once with every node output exposed; return the value of every tensor by name.
+
+    Without `feeds`, dummy inputs are made; a model with image inputs is tried at each plausible image size."""
+    if feeds is not None:
+        return _probe(model, feeds)
+    sizes = image_sizes(model) if _image_inputs(model) else []
+    for size in sizes:
+        try:
+            return _probe(model, dummy_inputs(model, size))
+        except UnsupportedGraphError:
+            continue
+    try:
+        return _probe(model, dummy_inputs(model))
+    except UnsupportedGraphError as exc:
+        if sizes or not _image_inputs(model):
+            raise
+        raise UnsupportedGraphError(
+            f"{exc}; the image inputs {sorted(_image_inputs(model))} have no size the graph tells (no initializer "
+            "axis holds k x k patches)"
+        ) from exc
+
+
+def _probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     known = {o.name for o in exposed.graph.output}

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from graph_passes.channel_groups import WITHIN, ChannelGroup, GraphAnalysis
 from graph_passes.errors import MaskError, UnsupportedGraphError
-from graph_passes.model_io import share_equal_initializers
+from graph_passes.model_io import share_equal_initializers, subgraph_inputs
 
 
 def apply_masks(
@@ -28,6 +28,7 @@ def apply_masks(
         _slice_initializers(model, analysis, plan)
         _rewrite_reshapes(model, analysis, plan)
         _rewrite_head_counts(model, analysis, plan)
+        _rewrite_split_sizes(model, analysis, plan)
         _resize_interface(model, analysis, plan)
     del model.graph.value_info[:]
     _drop_unused_initializers(model)
@@ -232,6 +233,23 @@ def _rewrite_head_counts(model: onnx.ModelProto, analysis: GraphAnalysis, plan: 
                 attribute.ints[:] = [size // old * len(plan[factors[0]]) for size in attribute.ints]
 
 
+def _rewrite_split_sizes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """A Split with constant sizes that cuts a pruned axis into sections gets its own sizes: each part's kept count."""
+    for node in model.graph.node:
+        if node.op_type != "Split" or len(node.input) < 2 or node.input[1] not in analysis.static:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % analysis.values[node.input[0]].ndim
+        cuts = [_axis_plan(analysis, plan, out, axis + 1).get(axis) for out in node.output]
+        if all(kept is None for kept in cuts):
+            continue
+        sizes = [
+            analysis.values[out].shape[axis] if kept is None else len(kept) for out, kept in zip(node.output, cuts)
+        ]
+        name = f"{node.input[1]}__pruned_{node.name or node.output[0]}"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+        node.input[1] = name
+
+
 def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -241,7 +259,7 @@ def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dic
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input}
+    used = {name for node in model.graph.node for name in node.input} | subgraph_inputs(model.graph)
     used.update(v.name for v in list(model.graph.output) + list(model.graph.input))
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import tiny_families  # noqa: E402
 import tiny_models  # noqa: E402
 
 SHARED_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "minilm-sst2"
@@ -40,6 +41,23 @@ def export_cache(tmp_path_factory):
             folder.mkdir(exist_ok=True)
             built[key] = (model, tiny_models.EXPORTS[style](model, spec, folder))
         return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_cache(tmp_path_factory):
+    """Build and export (optimum, opset 17) the tiny model of a family on demand: family -> (torch model, path)."""
+    built: dict = {}
+    root = tmp_path_factory.mktemp("families")
+
+    def get(family: str):
+        if family not in built:
+            model = tiny_families.build(family)
+            folder = root / family
+            folder.mkdir(exist_ok=True)
+            built[family] = (model, tiny_families.export_optimum(model, family, folder))
+        return built[family]
 
     return get
 

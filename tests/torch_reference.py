@@ -20,6 +20,10 @@ WRITES_HIDDEN = re.compile(r"(attention\.output\.dense|out_lin|layer\.\d+\.outpu
 
 def layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     base = getattr(model, model.base_model_prefix, model)
+    if hasattr(base, "layers"):  # ModernBERT
+        return list(base.layers)
+    if hasattr(getattr(base, "encoder", None), "albert_layer_groups"):  # ALBERT: the layers every depth shares
+        return [layer for group in base.encoder.albert_layer_groups for layer in group.albert_layers]
     return list(base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer)
 
 
@@ -33,6 +37,10 @@ def attention_linears(layer: torch.nn.Module) -> tuple[list[torch.nn.Linear], to
 
 
 def ffn_linears(layer: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    if hasattr(layer, "mlp"):
+        return layer.mlp.Wi, layer.mlp.Wo
+    if isinstance(getattr(layer, "ffn", None), torch.nn.Linear):  # ALBERT
+        return layer.ffn, layer.ffn_output
     if hasattr(layer, "ffn"):
         return layer.ffn.lin1, layer.ffn.lin2
     return layer.intermediate.dense, layer.output.dense
@@ -64,8 +72,10 @@ def prune(
     for index, mask in (ffn or {}).items():
         up, down = ffn_linears(blocks[index])
         keep = torch.from_numpy(np.flatnonzero(mask))
+        if hasattr(blocks[index], "mlp"):  # GeGLU: Wi writes [input | gate], both halves keep the same neurons
+            keep = torch.cat([keep, keep + len(mask)])
         slice_linear(up, keep, "out")
-        slice_linear(down, keep, "in")
+        slice_linear(down, torch.from_numpy(np.flatnonzero(mask)), "in")
     if hidden is not None:
         _prune_hidden(pruned, torch.from_numpy(np.flatnonzero(hidden)))
     return pruned
@@ -74,6 +84,9 @@ def prune(
 def _prune_heads(model: torch.nn.Module, layer: torch.nn.Module, index: int, mask: np.ndarray) -> None:
     dropped = np.flatnonzero(~mask).tolist()
     if not dropped:
+        return
+    if hasattr(layer, "attn"):
+        _prune_packed_heads(layer.attn, mask)
         return
     if hasattr(model, "prune_heads"):
         model.prune_heads({index: dropped})
@@ -84,6 +97,17 @@ def _prune_heads(model: torch.nn.Module, layer: torch.nn.Module, index: int, mas
     for linear in projections:
         slice_linear(linear, keep, "out")
     slice_linear(output, keep, "in")
+
+
+def _prune_packed_heads(attention: torch.nn.Module, mask: np.ndarray) -> None:
+    """ModernBERT: Wqkv writes [Q | K | V], each `num_heads` heads; Wo reads the kept heads."""
+    width = attention.head_dim
+    keep = (np.flatnonzero(mask)[:, None] * width + np.arange(width)).reshape(-1)
+    size = len(mask) * width
+    slice_linear(attention.Wqkv, torch.from_numpy(np.concatenate([keep, keep + size, keep + 2 * size])), "out")
+    slice_linear(attention.Wo, torch.from_numpy(keep), "in")
+    attention.num_heads = int(mask.sum())
+    attention.all_head_size = attention.num_heads * width
 
 
 def _prune_hidden(model: torch.nn.Module, keep: torch.Tensor) -> None:

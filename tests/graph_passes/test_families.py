@@ -1,0 +1,104 @@
+"""Encoder families beyond BERT: their structures (fused projections cut into sections, gated FFNs, rotary
+positions, shared layer weights, relative positions per head, patch embeddings) prune to exactly the torch pruning."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tiny_families
+import torch_reference
+
+from graph_passes import analyze, apply_masks, load_model
+
+SHAPES = [(1, 5), (3, 12), (2, 20)]  # 20 tokens exceed ModernBERT's local attention window of 8
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
+
+def random_masks(analysis, seed: int) -> dict[str, np.ndarray]:
+    """3 heads kept in even layers, 2 in odd ones; about half of each FFN."""
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for layer, group in enumerate(g for g in analysis.by_kind("heads") if g.prunable):
+        keep = rng.choice(group.units, size=3 if layer % 2 == 0 else 2, replace=False)
+        masks[group.name] = np.isin(np.arange(group.units), keep)
+    for group in analysis.by_kind("ffn"):
+        masks[group.name] = rng.random(group.units) < 0.5
+    return masks
+
+
+def reference(model, masks, feeds) -> np.ndarray:
+    heads = {int(k[6:-1]): v for k, v in masks.items() if k.startswith("heads[")}
+    ffn = {int(k[4:-1]): v for k, v in masks.items() if k.startswith("ffn[")}
+    return tiny_families.torch_outputs(torch_reference.prune(model, heads, ffn), feeds)
+
+
+def feeds_for(family: str):
+    return [tiny_families.sample_inputs(family, batch, seq, seed=batch) for batch, seq in SHAPES]
+
+
+@pytest.mark.parametrize("family,heads,ffn", [("modernbert", 3, 3), ("albert", 1, 1), ("vit", 2, 2), ("deberta", 0, 2)])
+def test_family_has_prunable_heads_and_ffn_per_layer(family_cache, family, heads, ffn):
+    _, path = family_cache(family)
+    analysis = analyze(load_model(path))
+    assert [g.units for g in analysis.by_kind("heads") if g.prunable] == [4] * heads
+    assert all(g.blockers for g in analysis.by_kind("heads") if not g.prunable)
+    assert [g.units for g in analysis.by_kind("ffn") if g.prunable] == [96] * ffn
+
+
+@pytest.mark.parametrize("family", tiny_families.FAMILIES)
+def test_all_kept_masks_reproduce_the_original(family_cache, family):
+    model, path = family_cache(family)
+    analysis = analyze(load_model(path))
+    pruned = apply_masks(analysis, {g.name: np.ones(g.units, dtype=bool) for g in analysis.groups})
+    for feeds in feeds_for(family):
+        assert np.abs(run(pruned, feeds) - tiny_families.torch_outputs(model, feeds)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", tiny_families.FAMILIES)
+def test_head_and_ffn_masks_match_torch_pruning(family_cache, family):
+    model, path = family_cache(family)
+    analysis = analyze(load_model(path))
+    masks = random_masks(analysis, seed=4)
+    pruned = apply_masks(analysis, masks)
+    for feeds in feeds_for(family):
+        assert np.abs(run(pruned, feeds) - reference(model, masks, feeds)).max() <= 1e-4
+
+
+def test_weights_shared_by_every_layer_form_one_group_with_a_use_per_layer(family_cache):
+    """ALBERT applies one layer's matrices at every depth: one heads and one FFN group, each applied 3 times."""
+    _, path = family_cache("albert")
+    analysis = analyze(load_model(path))
+    for group in analysis.by_kind("heads") + analysis.by_kind("ffn"):
+        assert all(len(analysis.uses(w)) == 3 for w in group.readers + group.writers)
+    assert len(analysis.by_kind("hidden")) == 1 and analysis.group("hidden").units == 64
+
+
+def test_image_inputs_are_probed_at_the_size_the_graph_tells(family_cache):
+    """ViT's pixel_values (batch, channels, height, width all dynamic): 3 channels from the Conv, 32 pixels square
+    from the position embeddings (16 patches of 8 pixels and a class token)."""
+    from graph_passes.shape_probe import dummy_inputs, image_sizes
+
+    _, path = family_cache("vit")
+    model = load_model(path)
+    assert image_sizes(model)[0] == tiny_families.IMAGE
+    assert dummy_inputs(model, image_sizes(model)[0])["pixel_values"].shape[1:] == (3, 32, 32)
+    analysis = analyze(model)
+    assert analysis.values["pixel_values"].shape[1:] == (3, 32, 32)
+    assert analysis.group("hidden").prunable
+
+
+def test_heads_merged_with_the_batch_are_blocked_by_what_blocks_the_merged_axis(family_cache):
+    """DeBERTa-v2 lays attention out as (batch x heads, ...) and tiles the relative position projections to it,
+    with the head count spelled as a constant divisor; until that is rewritten its heads must stay whole."""
+    _, path = family_cache("deberta")
+    analysis = analyze(load_model(path))
+    blockers = {b.op_type for g in analysis.by_kind("heads") for b in g.blockers}
+    assert "Tile" in blockers and not any(g.prunable for g in analysis.by_kind("heads"))
