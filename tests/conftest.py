@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import tiny_decoders  # noqa: E402
 import tiny_families  # noqa: E402
 import tiny_models  # noqa: E402
 
@@ -57,6 +58,24 @@ def family_cache(tmp_path_factory):
             folder = root / family
             folder.mkdir(exist_ok=True)
             built[family] = (model, tiny_families.export_optimum(model, family, folder))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def decoder_cache(tmp_path_factory):
+    """Build and export (optimum, text-generation-with-past) a tiny decoder on demand: family -> (torch model, path);
+    the folder also holds its config and tokenizer."""
+    built: dict = {}
+    root = tmp_path_factory.mktemp("decoders")
+
+    def get(family: str):
+        if family not in built:
+            model = tiny_decoders.build(family)
+            folder = root / family
+            folder.mkdir(exist_ok=True)
+            built[family] = (model, tiny_decoders.export_optimum(model, folder))
         return built[family]
 
     return get
