@@ -1,5 +1,6 @@
 """The rooms import downward only: command_line above compressor and bench; bench above compressor; compressor above
-graph_passes; graph_passes above nothing of ours but user_errors."""
+graph_passes; graph_passes above nothing of ours but user_errors; olive_pass (the Olive pass) beside bench, above
+compressor, and imported by none of ours."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"command_line", "compressor", "bench", "graph_passes", "user_errors"}
+OURS = {"command_line", "compressor", "bench", "graph_passes", "user_errors", "olive_pass"}
 ALLOWED = {
     "user_errors": set(),
     "graph_passes": {"user_errors"},
     "compressor": {"user_errors", "graph_passes"},
     "bench": {"user_errors", "graph_passes", "compressor"},
     "command_line": {"user_errors", "graph_passes", "compressor", "bench"},
+    "olive_pass": {"user_errors", "graph_passes", "compressor"},
 }
 
 
