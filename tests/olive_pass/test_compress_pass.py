@@ -3,6 +3,7 @@ gives the model that compress, the fusion and dynamic int8 give when run directl
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -171,3 +172,21 @@ def test_a_data_config_gives_compress_one_batched_array_per_input(tiny_folder):
     assert {n: a.shape for n, a in arrays.items()} == {n: (8, 16) for n in names}
     report = compress(tiny_folder / "model.onnx", arrays, keep=0.5, batch_size=8, recover=False).report
     assert report["calibration"]["source"] == "arrays" and report["calibration"]["samples"] == 8
+
+
+def test_the_example_workflow_names_known_passes_and_micompress_options():
+    from olive.hardware import DEFAULT_CPU_ACCELERATOR
+
+    from olive_pass.compress_pass import MiCompress
+
+    example = json.loads((Path(__file__).resolve().parents[2] / "examples" / "olive_workflow.json").read_text())
+    known = {name.lower() for name in olive_pass.package_config()["passes"]}
+    assert [p["type"].lower() for p in example["passes"].values()] == [
+        "micompress",
+        "orttransformersoptimization",
+        "onnxdynamicquantization",
+    ]
+    assert all(p["type"].lower() in known for p in example["passes"].values())
+    options = {k: v for k, v in example["passes"]["compress"].items() if k != "type"}
+    assert set(options) <= set(MiCompress.default_config(DEFAULT_CPU_ACCELERATOR))  # Olive only warns on others
+    MiCompress.generate_config(DEFAULT_CPU_ACCELERATOR, options, disable_search=True)  # the values' types
