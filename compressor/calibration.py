@@ -1,4 +1,7 @@
-"""Calibration data: text files (TSV, CSV, JSONL) tokenized for the model, or .npz arrays, or a synthetic fallback."""
+"""Calibration data: text files (TSV, CSV, JSONL) tokenized for the model, or .npz arrays, or a synthetic fallback.
+
+Decoder language models (`compressor.decoder`) also read plain text (.txt); their texts are tokenized, concatenated
+and cut into sequences of `max_length` tokens, and the tool supplies their caches and position ids."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from compressor.decoder import DecoderSignature, detect
 from compressor.errors import CalibrationError, CalibrationMismatchError
 from user_errors import first_line
 
@@ -36,6 +40,7 @@ BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+DOCUMENT_SEPARATOR = "<|endoftext|>"  # a line of its own between documents of a .txt file (else blank lines)
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Calibration:
     max_length: int = 128
     source: str = ""
     lengths: np.ndarray | None = field(default=None, repr=False)
+    decoder: DecoderSignature | None = None  # a decoder's feeds get empty caches and position ids
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts else len(next(iter(self.arrays.values())))
@@ -91,6 +97,8 @@ class Calibration:
         return self.lengths
 
     def _feeds(self, chosen: list[int]) -> dict[str, np.ndarray]:
+        if self.decoder is not None:
+            return self.decoder.feeds({i.name: self.arrays[i.name][chosen] for i in self.inputs})
         if not self.texts:
             return {i.name: self.arrays[i.name][chosen].astype(i.dtype) for i in self.inputs}
         columns = list(zip(*(self.texts[k] for k in chosen)))
@@ -101,7 +109,9 @@ class Calibration:
 
 
 def model_inputs(model: onnx.ModelProto) -> list[ModelInput]:
-    initializers = {t.name for t in model.graph.initializer}
+    """The inputs calibration data must give: all of them but those the tool supplies to a decoder."""
+    decoder = detect(model)
+    initializers = {t.name for t in model.graph.initializer} | (decoder.supplied if decoder else set())
     return [
         ModelInput(
             v.name,
@@ -123,16 +133,22 @@ def load_calibration(
     max_length: int = 128,
     seed: int = 0,
 ) -> Calibration:
-    """Read `path` (.tsv, .csv, .jsonl or .npz) into a Calibration that matches the model's inputs.
+    """Read `path` (.tsv, .csv, .jsonl or .npz; .txt too for a decoder) into a Calibration that matches the model's
+    inputs.
 
     The whole file is checked before any row is drawn: every row has the text and label columns, every label is a
     finite number. A text file with more than `samples` rows gives `samples` of them, drawn with `seed`; an .npz
-    its first ones."""
+    its first ones. A decoder's samples are sequences of `max_length` tokens cut from the whole text."""
     if not path.is_file():
         raise CalibrationError(f"calibration file {path} does not exist")
     inputs = model_inputs(model)
+    decoder = detect(model)
     if path.suffix == ".npz":
-        return _from_npz(path, inputs, samples)
+        return _from_npz(path, inputs, samples, decoder)
+    if decoder is not None:
+        tokenizer = load_tokenizer(tokenizer_path, inputs, max_length)
+        documents = read_documents(path, text_columns)
+        return _decoder_sequences(documents, inputs, decoder, tokenizer, max_length, samples, seed, str(path))
     header, rows = _read_rows(path)
     if not rows:
         raise CalibrationError(f"calibration file {path} has no rows; give it at least one sample")
@@ -180,12 +196,91 @@ def read_text(path: Path) -> str:
         ) from exc
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[Row]]:
-    """The column names and the rows of a text file, each row with its line number."""
+def _read_rows(path: Path, plain_text: bool = False) -> tuple[list[str], list[Row]]:
+    """The column names and the rows of a text file, each row with its line number; with `plain_text`, a .txt file
+    is read as one column `text`, a row per document."""
     readers = {".jsonl": _jsonl_rows, ".tsv": _tsv_rows, ".csv": _csv_rows}
+    if plain_text:
+        readers[".txt"] = _txt_rows
     if path.suffix not in readers:
-        raise CalibrationError(f"{path}: unknown calibration format {path.suffix!r}; use .tsv, .csv, .jsonl or .npz")
+        plain = "; .txt is read for decoder language models only" if path.suffix == ".txt" else ""
+        raise CalibrationError(
+            f"{path}: unknown calibration format {path.suffix!r}; use .tsv, .csv, .jsonl or .npz{plain}"
+        )
     return readers[path.suffix](path, read_text(path))
+
+
+def _txt_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+    """Documents separated by a line `<|endoftext|>` when the file has one, else by blank lines; each row holds a
+    document, stripped, with the number of its first non-blank line."""
+    lines = text.splitlines()
+    by_separator = any(line.strip() == DOCUMENT_SEPARATOR for line in lines)
+    blocks: list[list[tuple[int, str]]] = [[]]
+    for number, line in enumerate(lines, start=1):
+        if line.strip() == DOCUMENT_SEPARATOR if by_separator else not line.strip():
+            blocks.append([])
+        else:
+            blocks[-1].append((number, line))
+    rows = []
+    for block in blocks:
+        document = "\n".join(line for _, line in block).strip()
+        if document:
+            rows.append(Row(next(n for n, line in block if line.strip()), {"text": document}))
+    return ["text"], rows
+
+
+def read_documents(path: Path, text_columns: list[str] | None = None) -> list[str]:
+    """The texts of a file for a language model: .txt documents, or the text column(s) of a .tsv, .csv or .jsonl
+    (several columns joined by a line break), checked whole as for encoders."""
+    if not path.is_file():
+        raise CalibrationError(f"{path} does not exist")
+    header, rows = _read_rows(path, plain_text=True)
+    if not rows:
+        raise CalibrationError(f"{path} has no text; give it at least one document")
+    columns = text_columns or _detect_text_columns(path, header)
+    for name in columns:
+        _require_column(path, header, rows, name)
+    return ["\n".join(str(row.values[c]).strip() for c in columns) for row in rows]
+
+
+def token_stream(documents: list[str], tokenizer) -> np.ndarray:
+    """The documents tokenized and concatenated: each as the tokenizer encodes it (a BOS first when it adds one),
+    followed by EOS when it adds no BOS (GPT-2's `<|endoftext|>` between documents)."""
+    encoded = tokenizer(documents, verbose=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    separate = eos is not None and not all(ids[:1] == [bos] for ids in encoded)
+    return np.array([t for ids in encoded for t in [*ids, *([eos] if separate else [])]], dtype=np.int64)
+
+
+def _decoder_sequences(
+    documents: list[str],
+    inputs: list[ModelInput],
+    decoder: DecoderSignature,
+    tokenizer,
+    max_length: int,
+    samples: int,
+    seed: int,
+    source: str,
+) -> Calibration:
+    """`samples` sequences of `max_length` tokens (drawn with `seed` when there are more), cut from the documents'
+    token stream; the tail shorter than a sequence is left out."""
+    stream = token_stream(documents, tokenizer)
+    count = len(stream) // max_length
+    if count == 0:
+        raise CalibrationError(
+            f"{source} gives {len(stream)} tokens, fewer than one sequence of --max-length {max_length}; "
+            "give more text or a smaller --max-length"
+        )
+    sequences = stream[: count * max_length].reshape(count, max_length)[_sample(count, samples, seed)]
+    arrays = {"input_ids": sequences, "attention_mask": np.ones_like(sequences)}
+    return Calibration(
+        inputs,
+        arrays={i.name: arrays[i.name] for i in inputs},
+        tokenizer=tokenizer,
+        max_length=max_length,
+        source=source,
+        decoder=decoder,
+    )
 
 
 def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
@@ -307,7 +402,7 @@ def load_tokenizer(path: Path | None, inputs: list[ModelInput], max_length: int 
     return tokenizer
 
 
-def _from_npz(path: Path, inputs: list[ModelInput], samples: int) -> Calibration:
+def _from_npz(path: Path, inputs: list[ModelInput], samples: int, decoder: DecoderSignature | None) -> Calibration:
     try:
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
@@ -315,6 +410,8 @@ def _from_npz(path: Path, inputs: list[ModelInput], samples: int) -> Calibration
         raise CalibrationError(
             f"{path} is not a readable .npz ({type(exc).__name__}); write it with numpy.savez, one array per input"
         ) from exc
+    if decoder is not None and "input_ids" in arrays:  # a decoder's mask defaults to all tokens
+        arrays.setdefault("attention_mask", np.ones_like(arrays["input_ids"]))
     checked = _check_arrays(arrays, inputs, str(path))
     labels = arrays.get("label", arrays.get("labels"))
     if labels is not None and (labels.ndim != 1 or len(labels) != len(next(iter(checked.values())))):
@@ -326,6 +423,7 @@ def _from_npz(path: Path, inputs: list[ModelInput], samples: int) -> Calibration
         arrays={n: a[:samples] for n, a in checked.items()},
         labels=None if labels is None else labels[:samples],
         source=str(path),
+        decoder=decoder,
     )
 
 
@@ -360,24 +458,35 @@ def from_texts(texts: list[str], model: onnx.ModelProto, tokenizer_path: Path | 
     if not all(isinstance(t, str) for t in texts):
         raise CalibrationError("calibration texts must be strings")
     tokenizer = load_tokenizer(tokenizer_path, inputs, max_length)
+    decoder = detect(model)
+    if decoder is not None:
+        return _decoder_sequences(texts, inputs, decoder, tokenizer, max_length, len(texts), 0, "texts")
     return Calibration(inputs, texts=[(t,) for t in texts], tokenizer=tokenizer, max_length=max_length, source="texts")
 
 
 def from_arrays(arrays: dict[str, np.ndarray], model: onnx.ModelProto, samples: int) -> Calibration:
     inputs = model_inputs(model)
+    decoder = detect(model)
+    if decoder is not None and "input_ids" in arrays:  # a decoder's mask defaults to all tokens
+        arrays = {"attention_mask": np.ones_like(arrays["input_ids"]), **arrays}
     checked = _check_arrays(arrays, inputs, "the calibration arrays")
-    return Calibration(inputs, arrays={n: a[:samples] for n, a in checked.items()}, source="arrays")
+    return Calibration(inputs, arrays={n: a[:samples] for n, a in checked.items()}, source="arrays", decoder=decoder)
 
 
 def synthetic(
     model: onnx.ModelProto, tokenizer_path: Path | None, samples: int, max_length: int, seed: int = 0
 ) -> Calibration:
-    """Random word sequences from the tokenizer's vocabulary: keeps `compress` usable; no substitute for real data."""
+    """Random word sequences from the tokenizer's vocabulary: keeps `compress` usable; no substitute for real data.
+    A decoder gets `samples` sequences of `max_length` tokens cut from as many texts of `max_length` words."""
     inputs = model_inputs(model)
     tokenizer = load_tokenizer(tokenizer_path, inputs, max_length)
     plain = [w for w in tokenizer.get_vocab() if w.isalnum() and w not in tokenizer.all_special_tokens]
     words = [w for w in plain if w.isalpha() and len(w) > 2]
     words = words if len(words) >= 100 else plain
     rng = np.random.default_rng(seed)
+    decoder = detect(model)
+    if decoder is not None:
+        texts = [" ".join(rng.choice(words, size=max_length)) for _ in range(samples)]
+        return _decoder_sequences(texts, inputs, decoder, tokenizer, max_length, samples, seed, "synthetic")
     texts = [(" ".join(rng.choice(words, size=int(rng.integers(4, max(5, max_length // 2))))),) for _ in range(samples)]
     return Calibration(inputs, texts=texts, tokenizer=tokenizer, max_length=max_length, source="synthetic")

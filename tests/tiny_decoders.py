@@ -25,10 +25,11 @@ def config(family: str) -> transformers.PretrainedConfig:
             vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=LAYERS, n_head=4, n_inner=96,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=2, eos_token_id=2,
         )  # fmt: skip
-    common = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=LAYERS, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-    )  # fmt: skip
+    common = {
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": LAYERS,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3,
+    }  # fmt: skip
     if family == "llama":  # RMSNorm, SwiGLU, rotary, GQA, tied lm_head (as stories260k)
         return transformers.LlamaConfig(head_dim=16, tie_word_embeddings=True, **common)
     if family == "qwen2":  # as Llama, with Q/K/V biases and an untied lm_head
