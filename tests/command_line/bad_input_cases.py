@@ -353,7 +353,7 @@ CASES = [
         "bench-threads",
         "`bench --threads -1`",
         ("bench", *MODEL, "--threads", "-1"),
-        "'--threads': Input should be greater",
+        "--threads takes integers of at least 0",
     ),
     Case("bench-batch", "`bench --batch 0,8`", ("bench", *MODEL, "--batch", "0,8"), "--batch takes positive integers"),
     Case(

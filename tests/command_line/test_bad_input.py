@@ -139,7 +139,7 @@ def test_any_number_below_its_range_or_not_a_number_is_refused(workspace, capsys
         value = "x" + value  # a word that starts with '-' reads as an option name, which is a usage error too
     before = snapshot(workspace)
     code, _, err = run([a.format(m=workspace / "m") for a in prefix] + [option, value], capsys)
-    assert_refused(code, err, f"'{option}'")
+    assert_refused(code, err, option)
     assert snapshot(workspace) == before
 
 
