@@ -348,9 +348,11 @@ def _print_report(report: dict, report_file: Path) -> None:
 
 
 def _fidelity_text(fid: dict) -> str:
-    agreement = fid["prediction_agreement"]
-    return f"mean cosine {fid['mean_cosine']:.3f}" + (
-        f", prediction agreement {agreement:.3f}" if agreement is not None else ""
+    agreement, embedding = fid["prediction_agreement"], fid.get("embedding_cosine")
+    return (
+        f"mean cosine {fid['mean_cosine']:.3f}"
+        + (f", prediction agreement {agreement:.3f}" if agreement is not None else "")
+        + (f", sentence embedding cosine {embedding:.3f}" if embedding is not None else "")
     )
 
 

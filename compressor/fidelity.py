@@ -25,22 +25,32 @@ def compare(
     indices: Sequence[int],
     batch_size: int = 32,
 ) -> dict:
-    """Mean cosine between the two models' first outputs (per sentence, or per unpadded token), and for classifiers
-    the fraction of samples on which the predicted class agrees."""
-    cosines, agree = [], []
+    """Mean cosine between the two models' first outputs (per sentence, or per unpadded token); for classifiers the
+    fraction of samples on which the predicted class agrees; for per-token outputs (an encoder's hidden states, which
+    sentence-embedding models mean-pool) the mean cosine of the mean-pooled sentence embeddings."""
+    cosines, agree, embedded = [], [], []
     for feeds in calibration.batches(calibration.by_length(indices), batch_size):
         a, b = original.run(None, feeds)[0], compressed.run(None, feeds)[0]
         if a.ndim == 3:
             mask = token_mask(feeds)
+            embedded.append(_cosine(_mean_pooled(a, mask), _mean_pooled(b, mask)))
             a, b = a[mask], b[mask]
         elif a.shape[-1] > 1:
             agree.append(a.argmax(axis=-1) == b.argmax(axis=-1))
         cosines.append(_cosine(a.reshape(len(a), -1), b.reshape(len(b), -1)))
-    return {
+    found = {
         "samples": len(indices),
         "prediction_agreement": float(np.concatenate(agree).mean()) if agree else None,
         "mean_cosine": float(np.concatenate(cosines).mean()),
     }
+    if embedded:
+        found["embedding_cosine"] = float(np.concatenate(embedded).mean())
+    return found
+
+
+def _mean_pooled(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    weights = mask[..., None].astype(np.float64)
+    return (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

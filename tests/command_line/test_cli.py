@@ -140,6 +140,9 @@ def test_main_job_compresses_the_embedded_default_model(tmp_path):
     assert "encoder weights kept: 0.4" in result.stdout and "mean cosine" in result.stdout
     report = json.loads((tmp_path / "default.report.json").read_text())
     assert report["top_signal"] == "output" and report["model"].endswith("all-MiniLM-L6-v2/model.onnx")
+    fidelity = report["fidelity"]  # a sentence-embedding model: its mean-pooled embeddings are compared too
+    assert 0 < fidelity["embedding_cosine"] <= 1 and fidelity["prediction_agreement"] is None
+    assert "sentence embedding cosine" in result.stdout
 
 
 def test_npz_that_does_not_match_the_model_is_refused(tiny_folder, tmp_path):
