@@ -8,15 +8,14 @@ mask); the tool supplies the rest: empty caches (past length 0) and position ids
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from compressor.errors import CompressorError
+from graph_passes.cache_state import CACHE_INPUT
 
-CACHE_INPUT = re.compile(r"past_key_values[._](\d+)[._](key|value)")
 CACHE_OUTPUT = "present.{layer}.{kind}"
 TOKENS, MASK, POSITIONS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from graph_passes.cache_state import is_cache
 from graph_passes.dims import Blocker, DimGraph
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.model_io import normalize
@@ -43,6 +44,7 @@ class ChannelGroup:
     readers: list[str] = field(default_factory=list)
     writers: list[str] = field(default_factory=list)
     interface: list[str] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)  # a decoder's KV cache inputs and outputs it resizes
     blockers: list[Blocker] = field(default_factory=list)
     sections: dict[int, list[int]] = field(default_factory=dict)  # sections dim -> unit width of each part
 
@@ -149,7 +151,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
     float_params = {
         t.name for t in model.graph.initializer if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
     }
-    interface = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    graph_io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
     members: dict[int, list[Member]] = defaultdict(list)
     touches: dict[int, set[str]] = defaultdict(set)
     for (tensor, axis), dim in dims.axes.items():
@@ -157,7 +159,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
         if role is None:
             continue
         key, view, width = role
-        if tensor in interface and view != WITHIN:
+        if tensor in graph_io and view != WITHIN:
             touches[key].add(tensor)
         members[key].append(Member(tensor, axis, view, width))
     tags = defaultdict(set)
@@ -189,7 +191,8 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
                 dims=group_dims,
                 params=sorted(set(params), key=_member_order),
                 activations=activations,
-                interface=sorted(touches[key]),
+                interface=sorted(t for t in touches[key] if not is_cache(t)),
+                cache=sorted(t for t in touches[key] if is_cache(t)),
                 blockers=_unique(blockers),
                 sections=sections,
             )
@@ -212,11 +215,12 @@ def _roles(dims: DimGraph) -> dict[int, tuple[int, str, int]]:
     parts cannot be pruned.
     """
     roles: dict[int, tuple[int, str, int]] = {}
-    for flat, outer, inner in dims.factors:
-        if dims.size[outer] > 1 and dims.size[inner] > 1 and flat not in roles:
-            roles.setdefault(outer, (outer, UNITS, 1))
-            roles[flat] = (roles[outer][0], FLAT, dims.size[inner])
-            roles.setdefault(inner, (roles[outer][0], WITHIN, dims.size[inner]))
+    split = {flat: (outer, inner) for flat, outer, inner in dims.factors if dims.size[outer] > 1 < dims.size[inner]}
+    for flat, (outer, inner) in split.items():
+        units = _units_of(outer, split)
+        roles.setdefault(units, (units, UNITS, 1))
+        roles[flat] = (roles[units][0], FLAT, dims.size[flat] // dims.size[units])
+        roles.setdefault(inner, (roles[units][0], WITHIN, dims.size[inner]))
     packed = {flat for flat, _ in dims.sections}
     for dim in range(len(dims.parent)):
         root = dims.find(dim)
@@ -233,6 +237,16 @@ def _roles(dims: DimGraph) -> dict[int, tuple[int, str, int]]:
     for flat, _ in dims.sections:
         roles.setdefault(flat, (flat, FLAT, 1))
     return roles
+
+
+def _units_of(dim: int, split: dict[int, tuple[int, int]]) -> int:
+    """The outermost factor of `dim`: heads that are themselves (kv_heads, repeat), as grouped-query attention
+    repeats each KV head for several query heads, are units of KV heads, so masks keep whole KV groups."""
+    seen = {dim}
+    while dim in split and split[dim][0] not in seen:
+        dim = split[dim][0]
+        seen.add(dim)
+    return dim
 
 
 def _member_order(member: Member) -> tuple[str, int]:

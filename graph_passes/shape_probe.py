@@ -88,12 +88,15 @@ def image_sizes(model: onnx.ModelProto) -> list[int]:
 
 
 def _dim_size(dim: onnx.TensorShapeProto.Dimension, axis: int, symbol_sizes: dict[str, int]) -> int:
+    """A fixed size, or one per symbol; a sum of symbols (a decoder's mask over `past_sequence_length +
+    sequence_length`) is the sum of theirs."""
     if dim.HasField("dim_value") and dim.dim_value > 0:
         return dim.dim_value
-    key = dim.dim_param or f"axis{axis}"
-    if key not in symbol_sizes:
-        symbol_sizes[key] = DYNAMIC_SIZES[min(len(symbol_sizes), len(DYNAMIC_SIZES) - 1)]
-    return symbol_sizes[key]
+    terms = [t.strip() for t in dim.dim_param.split("+")] if dim.dim_param else [f"axis{axis}"]
+    for key in terms:
+        if key not in symbol_sizes:
+            symbol_sizes[key] = DYNAMIC_SIZES[min(len(symbol_sizes), len(DYNAMIC_SIZES) - 1)]
+    return sum(symbol_sizes[key] for key in terms)
 
 
 def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
