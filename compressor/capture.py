@@ -2,10 +2,13 @@
 
 Per layer l the units are U_l = [head outputs (the attention output projection's input), FFN neurons (the down
 projection's input)]; the hidden stream is tapped where layer l reads it (the Q/K/V input) and where the head reads it.
-Rows are tokens, padding excluded. A model with a head (a classifier or regressor) is also summarised where the head
-reads the stream, one row per sentence, against the top signal T: the labels, else the model's own prediction. Every
-other reader of the hidden stream (the FFN up projections, a pooler under a per-token output) has its input tapped
-for its per-channel norm only, so that a score over the stream's readers (wanda) sees all of them.
+Rows are tokens, padding excluded (a text `attention_mask` says which; without one, as for images, every position
+counts). A layer whose weights are applied several times (ALBERT shares one layer's matrices across depths) is
+tapped at every application, and its moments pool the rows of all of them. A model with a head (a classifier or
+regressor) is also summarised where the head reads the stream, one row per sentence, against the top signal T: the
+labels, else the model's own prediction. Every other reader of the hidden stream (the FFN up projections, a pooler
+under a per-token output) has its input tapped for its per-channel norm only, so that a score over the stream's
+readers (wanda) sees all of them.
 """
 
 from __future__ import annotations
@@ -27,15 +30,25 @@ class LayerTaps:
     layer: int
     heads: str  # group name
     ffn: str
-    heads_tensor: str
-    ffn_tensor: str
-    hidden_tensor: str
+    heads_tensors: tuple[str, ...]  # one per application of the layer's weights, in graph order
+    ffn_tensors: tuple[str, ...]
+    hidden_tensors: tuple[str, ...]
     heads_size: int
     ffn_size: int
 
     @property
     def size(self) -> int:
         return self.heads_size + self.ffn_size
+
+    @property
+    def hidden_tensor(self) -> str:
+        """The layer's input where it is first applied."""
+        return self.hidden_tensors[0]
+
+    @property
+    def applications(self) -> list[tuple[str, str, str]]:
+        """(heads, FFN, hidden) tensors of each application."""
+        return list(zip(self.heads_tensors, self.ffn_tensors, self.hidden_tensors))
 
 
 @dataclass(frozen=True)
@@ -88,9 +101,9 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
                 layer,
                 head.name,
                 neurons.name,
-                analysis.linear(head.readers[0]).activation,
-                analysis.linear(neurons.readers[0]).activation,
-                analysis.linear(head.writers[0]).activation,
+                _activations(analysis, head.readers[0]),
+                _activations(analysis, neurons.readers[0]),
+                _activations(analysis, head.writers[0]),
                 head.size,
                 neurons.size,
             )
@@ -101,10 +114,15 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
     output = analysis.model.graph.output[0].name
     sentence_output = len(analysis.values[output].shape) == 2
     top_hidden = analysis.linear(head_readers[0]).activation if head_readers and sentence_output else None
-    tapped = {t.hidden_tensor for t in layers} | {top_hidden}
-    reader_inputs = [analysis.linear(w).activation for g in hidden for w in g.readers]
+    tapped = {name for t in layers for name in t.hidden_tensors} | {top_hidden}
+    reader_inputs = [name for g in hidden for w in g.readers for name in _activations(analysis, w)]
     untapped = list(dict.fromkeys(name for name in reader_inputs if name not in tapped))
     return CapturePlan(layers, top_hidden, output, sentence_output, untapped)
+
+
+def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
+    """What `weight` reads at each of its applications."""
+    return tuple(use.activation for use in analysis.uses(weight))
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
@@ -120,12 +138,28 @@ def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.Inferen
     return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def token_mask(feeds: dict[str, np.ndarray]) -> np.ndarray:
+def token_mask(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Unpadded positions, (batch, tokens): a text `attention_mask`, else every position of the token ids; None for
+    inputs that are not tokens (images, audio features): then every position of an activation counts."""
     mask = feeds.get("attention_mask")
-    if mask is None:
-        first = next(iter(feeds.values()))
-        return np.ones(first.shape[:2], dtype=bool)
-    return mask.astype(bool)
+    if mask is not None and mask.ndim == 2:
+        return mask.astype(bool)
+    ids = next((v for v in feeds.values() if v.ndim == 2 and np.issubdtype(v.dtype, np.integer)), None)
+    return None if ids is None else np.ones(ids.shape, dtype=bool)
+
+
+def token_rows(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Per-token values as rows at unpadded tokens (every token when `mask` is None or does not span the values'
+    (batch, tokens) axes); per-sentence values (a pooler's input, (batch, channels)) as they are."""
+    if values.ndim <= 2:
+        return values
+    if mask is None or mask.shape != values.shape[:2]:
+        return values.reshape(-1, values.shape[-1])
+    return values[mask]
+
+
+def batch_length(feeds: dict[str, np.ndarray]) -> int:
+    return len(next(iter(feeds.values())))
 
 
 def capture(
@@ -137,7 +171,7 @@ def capture(
 ) -> CapturedStats:
     """Run the model over the chosen samples and accumulate every moment the scorers need."""
     plan = plan_capture(analysis)
-    names = [n for t in plan.layers for n in (t.heads_tensor, t.ffn_tensor, t.hidden_tensor)]
+    names = [n for t in plan.layers for use in t.applications for n in use]
     names += [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
     session = capture_session(analysis.model, names)
     sizes = [t.size for t in plan.layers]
@@ -150,30 +184,21 @@ def capture(
     done = 0
     for feeds in calibration.batches(indices, batch_size):
         outputs = dict(zip(names, session.run(names, feeds)))
-        mask = token_mask(feeds)
+        mask, count = token_mask(feeds), batch_length(feeds)
         for taps, moments, stream in zip(plan.layers, layers, hidden):
-            units = _units(outputs, taps, mask)
-            moments.add(units)
-            stream.add(outputs[taps.hidden_tensor][mask], units)
+            for heads, ffn, stream_tensor in taps.applications:
+                units = np.concatenate([token_rows(outputs[heads], mask), token_rows(outputs[ffn], mask)], axis=1)
+                moments.add(units)
+                stream.add(token_rows(outputs[stream_tensor], mask), units)
         for name, sums in readers.items():
-            sums.add(_rows(outputs[name], mask))
+            sums.add(token_rows(outputs[name], mask))
         if top_hidden is not None:
-            labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + len(mask)])]
+            labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + count])]
             top_hidden.add(outputs[plan.top_hidden], _top_rows(outputs[plan.output], labels, top_dim, top_kind))
-        done += len(mask)
+        done += count
         if progress:
-            progress(len(mask))
+            progress(count)
     return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output", readers)
-
-
-def _rows(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-token values at unpadded tokens; per-sentence values (a pooler's input) as they are."""
-    return values[mask] if values.ndim == mask.ndim + 1 else values
-
-
-def _units(outputs: dict[str, np.ndarray], taps: LayerTaps, mask: np.ndarray) -> np.ndarray:
-    """U_l rows at unpadded tokens: head outputs, then FFN neurons."""
-    return np.concatenate([outputs[taps.heads_tensor][mask], outputs[taps.ffn_tensor][mask]], axis=1)
 
 
 def _top_signal_shape(analysis: GraphAnalysis, plan: CapturePlan, calibration: Calibration) -> tuple[int, str]:

@@ -232,13 +232,14 @@ def magnitude_scores(analysis: GraphAnalysis, group: ChannelGroup) -> np.ndarray
 
 
 def wanda_scores(analysis: GraphAnalysis, group: ChannelGroup, input_norms: dict[str, np.ndarray]) -> np.ndarray:
-    """|W|·‖X‖ summed over the unit's entries in every weight that reads it (Sun et al., structured). Capture taps
-    the input of every reader of a prunable group, so a reader whose input norm is missing is an error."""
+    """|W|·‖X‖ summed over the unit's entries in every weight that reads it (Sun et al., structured); ‖X‖ over every
+    application of a shared weight. Capture taps the input of every reader of a prunable group, so a reader whose
+    input norm is missing is an error."""
     total = np.zeros(group.units)
     for weight in group.readers:
-        linear = analysis.linear(weight)
-        matrix = np.abs(analysis.values[weight])
-        rows = np.moveaxis(matrix, linear.in_axis, 0) * input_norms[linear.activation][:, None]
+        uses = analysis.uses(weight)
+        norm = np.sqrt(np.mean([np.square(input_norms[use.activation]) for use in uses], axis=0))
+        rows = np.moveaxis(np.abs(analysis.values[weight]), uses[0].in_axis, 0) * norm[:, None]
         total += rows.reshape(group.units, -1).sum(axis=1)
     return total
 
@@ -248,9 +249,10 @@ def input_norms(stats: CapturedStats) -> dict[str, np.ndarray]:
     norms: dict[str, np.ndarray] = {}
     for taps, layer, hidden in zip(stats.plan.layers, stats.layers, stats.hidden):
         rms = np.sqrt(layer.second_moment_diag())
-        norms[taps.heads_tensor] = rms[: taps.heads_size]
-        norms[taps.ffn_tensor] = rms[taps.heads_size :]
-        norms[taps.hidden_tensor] = np.sqrt(hidden.second_moment_diag())
+        for heads, ffn, stream in taps.applications:  # a shared layer's moments pool all its applications
+            norms[heads] = rms[: taps.heads_size]
+            norms[ffn] = rms[taps.heads_size :]
+            norms[stream] = np.sqrt(hidden.second_moment_diag())
     if stats.top_hidden is not None:
         norms[stats.plan.top_hidden] = np.sqrt(stats.top_hidden.second_moment_diag())
     norms.update({name: np.sqrt(sums.second_moment_diag()) for name, sums in stats.readers.items()})

@@ -7,7 +7,7 @@ import pytest
 import tiny_models
 
 from compressor.calibration import from_arrays
-from compressor.capture import _rows, capture, capture_session, token_mask
+from compressor.capture import capture, capture_session, token_mask, token_rows
 from compressor.scoring import input_norms, wanda_scores
 from graph_passes import analyze, load_model
 
@@ -41,5 +41,5 @@ def test_a_per_sentence_reader_input_is_taken_as_it_is():
     """A pooler reads one row per sentence (batch, hidden): there is no token axis to mask."""
     mask = np.array([[True, True, False], [True, False, False]])
     per_token, per_sentence = np.arange(24.0).reshape(2, 3, 4), np.arange(8.0).reshape(2, 4)
-    assert _rows(per_token, mask).tolist() == per_token[[0, 0, 1], [0, 1, 0]].tolist()
-    assert _rows(per_sentence, mask) is per_sentence
+    assert token_rows(per_token, mask).tolist() == per_token[[0, 0, 1], [0, 1, 0]].tolist()
+    assert token_rows(per_sentence, mask) is per_sentence
