@@ -15,24 +15,29 @@ calibration tokens; a refit that does not lower its held-out error is not applie
 with its λ on all calibration tokens (more data for the weights; at keep 0.6 on minilm-sst2 this measured +0.5 points
 of dev accuracy). Refits that do not bring the model's output closer to the original's on the held-out tokens are all
 dropped; the pipeline's own fidelity samples, never seen here, give the independent check.
+
+A weight that several layers share (ALBERT) is refit once, on the rows of every application pooled: one W' that
+serves all of them, its bias written to each application's copy. With pruned inputs each layer's refit would change
+the inputs of the shared weight's other applications, so there a shared projection is left as sliced, and the report
+says why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import onnx
 
 from compressor.calibration import Calibration
-from compressor.capture import plan_capture, token_mask
+from compressor.capture import plan_capture, token_mask, token_rows
 from compressor.fidelity import session
 from compressor.statistics import Moments
 from graph_passes import (
     GraphAnalysis,
     kept_along,
-    linear_bias,
+    linear_biases,
     normalize,
     replace_initializers,
     share_equal_initializers,
@@ -54,6 +59,7 @@ RIDGES = (
     1.0,
 )  # relative to the mean variance of the kept units
 CHECK_EVERY = 4  # every 4th calibration sample is held out to check each refit
+SHARED_PRUNED = "shared by several layers: refitting it on pruned inputs would change its other applications' inputs"
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,12 @@ class Projection:
     layer: int
     kind: str
     weight: str
-    activation: str
+    activations: tuple[str, ...]  # what the weight reads at each application: several when layers share it
     transposed: bool  # stored as (outputs, inputs): Gemm with transB
     rows: np.ndarray  # kept input indices
     target: np.ndarray  # original [W; b] as (all inputs + 1, kept outputs): y = [z, 1] @ target
     has_bias: bool
+    skip: str | None = None  # why it is left as sliced
 
     def outputs(self, z: np.ndarray) -> np.ndarray:
         """What the original projection made of the original activations z, at the kept outputs."""
@@ -92,6 +99,7 @@ class Refit:
     error_after: float
     ridge: float
     applied: bool
+    skipped: str | None = None  # why no refit was tried
 
 
 def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[Projection]:
@@ -102,22 +110,30 @@ def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[P
             for weight in analysis.group(group).readers:
                 linear = analysis.linear(weight)
                 matrix = analysis.values[weight].T if linear.in_axis == 1 else analysis.values[weight]
-                bias = linear_bias(analysis.model, weight)
-                bias_row = np.zeros(matrix.shape[1]) if bias is None else analysis.values[bias]
+                biases = [None if b is None else analysis.values[b] for b in linear_biases(analysis.model, weight)]
+                bias_row = np.zeros(matrix.shape[1]) if biases[0] is None else biases[0]
                 cols = kept_along(analysis, masks, weight, linear.out_axis)
                 found.append(
                     Projection(
                         layer=taps.layer,
                         kind=kind,
                         weight=weight,
-                        activation=linear.activation,
+                        activations=tuple(use.activation for use in analysis.uses(weight)),
                         transposed=linear.in_axis == 1,
                         rows=kept_along(analysis, masks, weight, linear.in_axis),
                         target=np.vstack([matrix, bias_row])[:, cols].astype(np.float64),
-                        has_bias=bias is not None,
+                        has_bias=biases[0] is not None,
+                        skip=_unequal_biases(biases),
                     )
                 )
     return found
+
+
+def _unequal_biases(biases: list[np.ndarray | None]) -> str | None:
+    """Why one refit cannot serve every application of a shared weight: they add different biases."""
+    first = biases[0]
+    same = all((b is None) == (first is None) and (b is None or np.array_equal(b, first)) for b in biases[1:])
+    return None if same else f"its {len(biases)} applications add different biases"
 
 
 @dataclass
@@ -141,7 +157,7 @@ class Recovery:
 @dataclass(frozen=True)
 class Batch:
     feeds: dict[str, np.ndarray]
-    tokens: np.ndarray  # unpadded positions
+    tokens: np.ndarray | None  # unpadded positions; None: every position
     held_out: bool
 
 
@@ -165,6 +181,8 @@ def recover(
     model = normalize(pruned)
     batches = _batches(calibration, indices, batch_size)
     found = projections(analysis, masks)
+    if inputs == "pruned":
+        found = [p if len(p.activations) == 1 else replace(p, skip=p.skip or SHARED_PRUNED) for p in found]
     if inputs == "original":
         moments = _original_moments(analysis.model, found, batches)
     else:
@@ -189,12 +207,13 @@ def _original_moments(
 ) -> list[tuple[Moments, Moments]]:
     """For every projection, x = the original's own activations at the kept inputs, y = its original outputs."""
     moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in found]
-    names = list(dict.fromkeys(p.activation for p in found))
+    names = list(dict.fromkeys(name for p in found for name in p.activations))
     for batch, outputs in zip(batches, _layer_outputs(original, names, {}, batches, None)):
         values = dict(zip(names, outputs))
         for projection, (fit, check) in zip(found, moments):
-            z = values[projection.activation][batch.tokens]
-            (check if batch.held_out else fit).add(z[:, projection.rows], projection.outputs(z))
+            for activation in projection.activations:
+                z = token_rows(values[activation], batch.tokens)
+                (check if batch.held_out else fit).add(z[:, projection.rows], projection.outputs(z))
     return moments
 
 
@@ -214,7 +233,7 @@ def _sequential_moments(
         mine = [p for p in found if p.layer == taps.layer]
         targets, original_next = _targets(analysis.model, mine, after, cut, batches, original_state)
         for projection, target in zip(mine, targets):
-            activations = _layer_outputs(model, [projection.activation], cut, batches, pruned_state)
+            activations = _layer_outputs(model, [projection.activations[0]], cut, batches, pruned_state)
             yield _moments(projection, batches, (a[0] for a in activations), target)
         if after:
             original_state = original_next
@@ -227,8 +246,7 @@ def _output_error(original: onnx.ModelProto, model: onnx.ModelProto, batches: li
     total, count = 0.0, 0
     for batch in batches:
         reference, output = (run.run(None, batch.feeds)[0] for run in runs)
-        if reference.ndim == 3:
-            reference, output = reference[batch.tokens], output[batch.tokens]
+        reference, output = token_rows(reference, batch.tokens), token_rows(output, batch.tokens)
         total += float(np.square(reference - output, dtype=np.float64).sum())
         count += reference.size
     return total / max(count, 1)
@@ -273,10 +291,10 @@ def _targets(
     """Per projection and batch, the original projection's outputs at unpadded tokens; and the next layer's input."""
     targets: list[list[np.ndarray]] = [[] for _ in mine]
     following = []
-    names = [p.activation for p in mine] + after
+    names = [p.activations[0] for p in mine] + after
     for batch, outputs in zip(batches, _layer_outputs(original, names, cut, batches, state)):
         for found, projection, z in zip(targets, mine, outputs):
-            found.append(projection.outputs(z[batch.tokens]))
+            found.append(projection.outputs(token_rows(z, batch.tokens)))
         following.extend(outputs[len(mine) :])
     return targets, following
 
@@ -288,7 +306,7 @@ def _moments(
     unpadded tokens of the fit and of the held-out batches."""
     fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
     for batch, x, y in zip(batches, activations, targets):
-        (check if batch.held_out else fit).add(x[batch.tokens], y)
+        (check if batch.held_out else fit).add(token_rows(x, batch.tokens), y)
     return fit, check
 
 
@@ -316,14 +334,23 @@ def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit,
     before = _squared_error(current, *held_out) / energy
     penalty = np.diag((np.arange(width) < inputs).astype(float)) * max(float(np.mean(np.diag(fit_xx)[:inputs])), 1e-12)
     best, best_error, best_ridge = current, before, 0.0
-    for ridge in RIDGES if fit.count else ():
+    for ridge in RIDGES if fit.count and projection.skip is None else ():
         solved = _solve(fit_xx + ridge * penalty, fit_xy)
         if solved is None:
             continue
         error = _squared_error(solved, *held_out) / energy
         if error < best_error:
             best, best_error, best_ridge = solved, error, ridge
-    refit = Refit(projection.layer, projection.kind, projection.weight, before, best_error, best_ridge, best_ridge > 0)
+    refit = Refit(
+        projection.layer,
+        projection.kind,
+        projection.weight,
+        before,
+        best_error,
+        best_ridge,
+        best_ridge > 0,
+        projection.skip,
+    )
     if not refit.applied:
         return refit, current
     all_xx, all_xy, _ = _system(fit.merged(check), width)
@@ -344,5 +371,5 @@ def _write(model: onnx.ModelProto, projection: Projection, weights: np.ndarray) 
     matrix = weights[: len(projection.rows)]
     arrays = {projection.weight: matrix.T if projection.transposed else matrix}
     if projection.has_bias:
-        arrays[linear_bias(model, projection.weight)] = weights[-1]
+        arrays.update((bias, weights[-1]) for bias in linear_biases(model, projection.weight))
     replace_initializers(model, arrays)

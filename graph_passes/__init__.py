@@ -5,7 +5,7 @@ from graph_passes.dims import Blocker
 from graph_passes.errors import GraphPassError, MaskError, NotOnnxError, UnsupportedGraphError
 from graph_passes.model_io import load_model, normalize, share_equal_initializers
 from graph_passes.slicing import apply_masks, kept_along
-from graph_passes.weight_edits import initializer_behind, linear_bias, replace_initializers, truncated
+from graph_passes.weight_edits import initializer_behind, linear_bias, linear_biases, replace_initializers, truncated
 
 __all__ = [
     "Blocker",
@@ -21,6 +21,7 @@ __all__ = [
     "initializer_behind",
     "kept_along",
     "linear_bias",
+    "linear_biases",
     "load_model",
     "normalize",
     "replace_initializers",

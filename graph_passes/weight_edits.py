@@ -55,15 +55,40 @@ def initializer_behind(model: onnx.ModelProto, name: str) -> str | None:
 
 
 def linear_bias(model: onnx.ModelProto, weight: str) -> str | None:
-    """The constant bias added to the output of the MatMul or Gemm that applies `weight`, if there is one.
+    """The constant bias added to the output of the first MatMul or Gemm that applies `weight`, if there is one.
 
     The answer may be an Identity copy of an initializer: `initializer_behind` finds the initializer."""
-    node = next(n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] == weight)
+    biases = linear_biases(model, weight)
+    if not biases:
+        raise KeyError(f"{weight!r} is applied by no MatMul or Gemm")
+    return biases[0]
+
+
+def linear_biases(model: onnx.ModelProto, weight: str) -> list[str | None]:
+    """The constant bias added after each MatMul or Gemm that applies `weight`, in graph order (None where there is
+    none): several when layers share the weight (ALBERT), each use with its own bias tensor after `normalize`."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return [
+        _bias_of(model, node, consumers.get(node.output[0], []), initializers)
+        for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] == weight
+    ]
+
+
+def _bias_of(
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    consumers: list[onnx.NodeProto],
+    initializers: Mapping[str, onnx.TensorProto],
+) -> str | None:
     if node.op_type == "Gemm":
         return node.input[2] if len(node.input) > 2 and initializer_behind(model, node.input[2]) else None
-    initializers = {t.name: t for t in model.graph.initializer}
-    for consumer in model.graph.node:
-        if consumer.op_type == "Add" and node.output[0] in consumer.input:
+    for consumer in consumers:
+        if consumer.op_type == "Add":
             other = next((i for i in consumer.input if i != node.output[0]), None)
             source = initializer_behind(model, other) if other else None
             if source is not None and len(initializers[source].dims) == 1:

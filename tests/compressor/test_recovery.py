@@ -72,13 +72,13 @@ def test_a_refit_equals_a_direct_ridge_solve(export_cache, inputs, position):
     feeds = next(data.batches(indices, len(indices)))
     tokens = token_mask(feeds)
     fitted = np.isin(np.repeat(np.arange(len(indices)), tokens.sum(axis=1)), fit)  # which tokens are fit tokens
-    z = capture_session(analysis.model, [first.activation]).run([first.activation], feeds)[0][tokens]
+    z = capture_session(analysis.model, [first.activations[0]]).run([first.activations[0]], feeds)[0][tokens]
     y = first.outputs(z.astype(np.float64))
     if inputs == "original":
         x = z[:, first.rows].astype(np.float64)
     else:  # the model as it was when this projection was refit: the earlier refits applied, not the later ones
         earlier = _with_refits(pruned, recovered, projections(analysis, masks)[:position])
-        x = capture_session(earlier, [first.activation]).run([first.activation], feeds)[0][tokens].astype(np.float64)
+        x = capture_session(earlier, [first.activations[0]]).run([first.activations[0]], feeds)[0][tokens].astype(np.float64)
     design = np.hstack([x, np.ones((len(x), 1))])
     gram = design.T @ design / len(x)
     penalty = np.diag(np.r_[np.ones(x.shape[1]), 0.0]) * np.mean(np.square(x[fitted]).mean(axis=0))
