@@ -110,3 +110,23 @@ def _cache_input(value: onnx.ValueInfoProto, outputs: dict[str, onnx.ValueInfoPr
         raise DecoderLayoutError(f"cache input {value.name!r} has no {output!r} output to return it")
     dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
     return CacheInput(value.name, layer, kind, concrete[1], concrete[3], dtype, output)
+
+
+def declared_shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Each graph input's declared shape: sizes, or the names of dynamic axes."""
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+        for v in model.graph.input
+    }
+
+
+def fit_empty_caches(declared: dict[str, list[int | str]], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` with every empty cache (past length 0) shaped as this model declares it: the feeds of a decoder then
+    also serve its pruned copy, which has fewer KV heads."""
+    fitted = dict(feeds)
+    for name, value in feeds.items():
+        shape = declared.get(name, [])
+        if CACHE_INPUT.fullmatch(name) and value.ndim == 4 == len(shape) and value.shape[2] == 0:
+            heads, head_dim = (s if isinstance(s, int) and s > 0 else v for s, v in zip(shape[1::2], value.shape[1::2]))
+            fitted[name] = np.zeros((value.shape[0], heads, 0, head_dim), dtype=value.dtype)
+    return fitted

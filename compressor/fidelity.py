@@ -10,12 +10,22 @@ import onnxruntime as ort
 
 from compressor.calibration import Calibration
 from compressor.capture import token_mask
+from compressor.decoder import fit_empty_caches
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
+class Session(ort.InferenceSession):
+    """An ORT session that shapes a decoder's empty cache feeds for its own model, so that one calibration batch
+    feeds an original decoder and its pruned copy alike (`compressor.decoder.fit_empty_caches`)."""
+
+    def run(self, output_names, input_feed, run_options=None):
+        declared = {i.name: i.shape for i in self.get_inputs()}
+        return super().run(output_names, fit_empty_caches(declared, input_feed), run_options)
+
+
+def session(model: onnx.ModelProto) -> Session:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return Session(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def compare(

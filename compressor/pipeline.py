@@ -16,6 +16,7 @@ import onnx
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
 from compressor.capture import capture
+from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
 from compressor.progress import Reporter
@@ -275,7 +276,7 @@ def flops_per_token(original: onnx.ModelProto, pruned: onnx.ModelProto, data, he
     tokens = max((a.shape[1] for a in feeds.values() if a.ndim >= 2), default=1)
     return {
         "before": round(matmul_flops_per_token(original, feeds, tokens)),
-        "after": round(matmul_flops_per_token(pruned, feeds, tokens)),
+        "after": round(matmul_flops_per_token(pruned, fit_empty_caches(declared_shapes(pruned), feeds), tokens)),
         "sequence_length": int(tokens),
     }
 
