@@ -66,6 +66,11 @@ def allocate(analysis: GraphAnalysis, keep: float, granularity: tuple[str, ...])
     groups = [g for kind in granularity for g in analysis.by_kind(kind) if g.prunable]
     matrices = encoder_matrices(analysis)
     full = parameter_count(analysis, matrices, {})
+    if not groups or not full:
+        raise BudgetError(
+            f"the model has no {'+'.join(granularity)} group to prune (no attention heads or FFN neurons between "
+            "linear layers that can shrink); see compress inspect"
+        )
     target = keep * full
     kept = _uniform(analysis, matrices, groups, target)
     kept = _fill(analysis, matrices, groups, kept, target)

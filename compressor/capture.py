@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from compressor.calibration import Calibration
 from compressor.statistics import Moments
-from graph_passes import GraphAnalysis
+from graph_passes import GraphAnalysis, UnsupportedGraphError
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,8 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
     layers = []
     for layer in sorted(set(heads) & set(ffn)):
         head, neurons = heads[layer], ffn[layer]
+        if not (head.readers and head.writers and neurons.readers):
+            continue  # not read through a projection: nothing to tap (scoring refuses such a group)
         layers.append(
             LayerTaps(
                 layer,
@@ -104,8 +106,8 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
                 _activations(analysis, head.readers[0]),
                 _activations(analysis, neurons.readers[0]),
                 _activations(analysis, head.writers[0]),
-                head.size,
-                neurons.size,
+                _width(analysis, head.readers[0]),
+                _width(analysis, neurons.readers[0]),
             )
         )
     encoder_weights = {w for g in list(heads.values()) + list(ffn.values()) for w in g.readers + g.writers}
@@ -118,6 +120,21 @@ def plan_capture(analysis: GraphAnalysis) -> CapturePlan:
     reader_inputs = [name for g in hidden for w in g.readers for name in _activations(analysis, w)]
     untapped = list(dict.fromkeys(name for name in reader_inputs if name not in tapped))
     return CapturePlan(layers, top_hidden, output, sentence_output, untapped)
+
+
+def _require_tapped(plan: CapturePlan) -> None:
+    """Capture needs at least one layer whose heads and FFN neurons are each read through an output projection."""
+    if not plan.layers:
+        raise UnsupportedGraphError(
+            "no layer has heads and FFN neurons each read through an output projection, so nothing can be measured "
+            "on calibration data (try --method magnitude, or see compress inspect)"
+        )
+
+
+def _width(analysis: GraphAnalysis, weight: str) -> int:
+    """The channels `weight` reads (a packed-QKV heads group is larger than what its output projection reads)."""
+    use = analysis.linear(weight)
+    return int(analysis.values[use.activation].shape[-1])
 
 
 def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
@@ -150,7 +167,10 @@ def token_mask(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
 
 def token_rows(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Per-token values as rows at unpadded tokens (every token when `mask` is None or does not span the values'
-    (batch, tokens) axes); per-sentence values (a pooler's input, (batch, channels)) as they are."""
+    (batch, tokens) axes); tokens flattened to (batch x tokens, channels), as OPT's FFN computes them, likewise;
+    per-sentence values (a pooler's input, (batch, channels)) as they are."""
+    if values.ndim == 2 and mask is not None and mask.shape[1] > 1 and len(values) == mask.size:
+        return values[mask.reshape(-1)]
     if values.ndim <= 2:
         return values
     if mask is None or mask.shape != values.shape[:2]:
@@ -171,6 +191,7 @@ def capture(
 ) -> CapturedStats:
     """Run the model over the chosen samples and accumulate every moment the scorers need."""
     plan = plan_capture(analysis)
+    _require_tapped(plan)
     names = [n for t in plan.layers for use in t.applications for n in use]
     names += [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
     session = capture_session(analysis.model, names)

@@ -208,6 +208,8 @@ def _original_moments(
     """For every projection, x = the original's own activations at the kept inputs, y = its original outputs."""
     moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in found]
     names = list(dict.fromkeys(name for p in found for name in p.activations))
+    if not names:  # no layer that capture taps: nothing to refit
+        return moments
     for batch, outputs in zip(batches, _layer_outputs(original, names, {}, batches, None)):
         values = dict(zip(names, outputs))
         for projection, (fit, check) in zip(found, moments):
