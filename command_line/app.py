@@ -144,7 +144,9 @@ def run(
         float,
         typer.Option(callback=_keep_range, help="fraction of the encoder's prunable weights to keep, in (0, 1]"),
     ] = 0.4,
-    calib: Annotated[Path | None, typer.Option(help="calibration data: .tsv, .csv, .jsonl or .npz")] = None,
+    calib: Annotated[
+        Path | None, typer.Option(help="calibration data: .tsv, .csv, .jsonl or .npz; for a decoder also .txt")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="output .onnx file, or a folder; default: MODEL.keepK.onnx")] = None,
     report: Annotated[Path | None, typer.Option(help="report path; default: beside the output")] = None,
     method: Annotated[str, typer.Option(help=f"unit scoring: {', '.join(METHODS)}")] = "mi",
@@ -211,16 +213,24 @@ def run(
 @app.command("eval")
 def eval_command(
     model: ModelArg = None,
-    data: Annotated[Path | None, typer.Option(help="labelled .tsv, .csv or .jsonl file")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="labelled .tsv, .csv or .jsonl file; for a decoder, text (.txt, .jsonl...)")
+    ] = None,
     tokenizer: TokenizerOpt = None,
     text_columns: ColumnsOpt = None,
     label_column: LabelOpt = None,
     max_length: MaxLengthOpt = 128,
+    stride: Annotated[
+        int | None, typer.Option(min=1, help="decoders: a perplexity window every STRIDE tokens; default --max-length")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Accuracy and F1 (classes) or Pearson and Spearman (scores) of MODEL on labelled data."""
+    """Accuracy and F1 (classes) or Pearson and Spearman (scores) of MODEL on labelled data; perplexity of a decoder
+    on text."""
     if data is None:
-        raise CompressorError("give the labelled data with --data FILE")
+        raise CompressorError("give the data with --data FILE (labelled; for a decoder, text)")
+    if stride is not None and stride > max_length:
+        raise CompressorError(f"--stride {stride} is longer than --max-length {max_length}; windows would skip tokens")
     path = model_file(model) if model else default_model_path()
     metrics = evaluate_file(
         load_model(path),
@@ -229,6 +239,7 @@ def eval_command(
         _columns(text_columns, "--text-columns"),
         _label(label_column),
         max_length,
+        stride=stride,
     )
     if as_json:
         typer.echo(json.dumps(metrics))

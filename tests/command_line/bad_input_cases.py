@@ -340,7 +340,13 @@ CASES = [
         "not an ONNX model",
         _text("x.onnx", "hello"),
     ),
-    Case("eval-no-data", "`eval` without `--data`", ("eval", *MODEL), "give the labelled data with --data FILE"),
+    Case("eval-no-data", "`eval` without `--data`", ("eval", *MODEL), "give the data with --data FILE"),
+    Case(
+        "eval-stride",
+        "`eval --stride` longer than `--max-length`",
+        ("eval", *MODEL, "--data", "{m}/calib.tsv", "--stride", "200"),
+        "--stride 200 is longer than --max-length 128",
+    ),
     Case(
         "eval-no-labels",
         "`eval --data` a file without labels",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -175,3 +176,23 @@ def test_report_goes_where_report_says_and_model_folder_input_works(tiny_folder,
     written = json.loads(report.read_text())
     assert written["output"] == str(tmp_path / "small.onnx") and written["model"] == str(tiny_folder / "model.onnx")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["reports", "run1.json", "small.onnx"]
+
+
+def test_eval_of_the_real_decoder_gives_perplexity_over_sliding_windows(tmp_path):
+    """stories260k on its first stories: --stride below --max-length scores every token once, with more context, so
+    the perplexity is no higher than with non-overlapping windows, over the same tokens but the first."""
+    model = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "stories260k"
+    stories = (model.parents[1] / "data" / "tinystories" / "valid-head.txt").read_text().split("<|endoftext|>")
+    text = tmp_path / "stories.txt"
+    text.write_text("<|endoftext|>".join(stories[:20]))
+    runs = {
+        stride: compress(
+            "eval", str(model / "model.onnx"), "--data", str(text), "--max-length", "64", "--json", *stride
+        )
+        for stride in ((), ("--stride", "32"))
+    }
+    found = {stride: json.loads(result.stdout) for stride, result in runs.items() if result.returncode == 0}
+    assert len(found) == 2, [r.stderr for r in runs.values()]
+    plain, sliding = found[()], found[("--stride", "32")]
+    assert 1 < sliding["perplexity"] <= plain["perplexity"] < 20
+    assert sliding["tokens"] >= plain["tokens"] > 1000
