@@ -42,7 +42,7 @@ def compare(
     for feeds in calibration.batches(calibration.by_length(indices), batch_size):
         a, b = original.run(None, feeds)[0], compressed.run(None, feeds)[0]
         if a.ndim == 3:
-            mask = token_mask(feeds)
+            mask = _positions(feeds, a)
             embedded.append(_cosine(_mean_pooled(a, mask), _mean_pooled(b, mask)))
             a, b = a[mask], b[mask]
         elif a.shape[-1] > 1:
@@ -56,6 +56,13 @@ def compare(
     if embedded:
         found["embedding_cosine"] = float(np.concatenate(embedded).mean())
     return found
+
+
+def _positions(feeds: dict[str, np.ndarray], values: np.ndarray) -> np.ndarray:
+    """The unpadded positions of a per-token output: the text mask when it spans the output's (batch, tokens) axes,
+    else every position (image patches, audio frames)."""
+    mask = token_mask(feeds)
+    return mask if mask is not None and mask.shape == values.shape[:2] else np.ones(values.shape[:2], dtype=bool)
 
 
 def _mean_pooled(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
