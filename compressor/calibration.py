@@ -370,10 +370,14 @@ def _labels(path: Path, rows: list[Row], name: str) -> np.ndarray:
     return values.astype(np.int64) if is_class else values
 
 
+def has_tokenizer(path: Path | None) -> bool:
+    return path is not None and ((path / "tokenizer.json").exists() or (path / "vocab.txt").exists())
+
+
 def load_tokenizer(path: Path | None, inputs: list[ModelInput], max_length: int | None = None):
     """A Hugging Face tokenizer from a folder; it must produce every input the model takes, and `max_length` must
     not pass the longest sequence it declares."""
-    if path is None or not (path / "tokenizer.json").exists() and not (path / "vocab.txt").exists():
+    if not has_tokenizer(path):
         where = path or "the model's folder"
         raise CalibrationError(f"no tokenizer in {where}; pass --tokenizer with a folder holding tokenizer.json")
     import transformers
@@ -490,3 +494,57 @@ def synthetic(
         return _decoder_sequences(texts, inputs, decoder, tokenizer, max_length, samples, seed, "synthetic")
     texts = [(" ".join(rng.choice(words, size=int(rng.integers(4, max(5, max_length // 2))))),) for _ in range(samples)]
     return Calibration(inputs, texts=texts, tokenizer=tokenizer, max_length=max_length, source="synthetic")
+
+
+def from_signature(
+    model: onnx.ModelProto, probed: dict[str, np.ndarray], folder: Path | None, samples: int, max_length: int, seed: int
+) -> Calibration:
+    """Random inputs shaped as the graph ran in the shape probe (`probed`: its feeds by input name), for a model
+    without a tokenizer: token ids below the vocabulary size (config.json's `vocab_size` beside the model, else the
+    rows of the table the ids index), masks of ones, other integers zeros, floats (pixels) standard normal; token
+    sequences of `max_length` (at most 64) positions. Keeps `compress` usable; no substitute for real data."""
+    rng = np.random.default_rng(seed)
+    length = min(max_length, 64)
+    bounds = _index_bounds(model, _config_vocab(folder))
+    arrays = {}
+    for item in model_inputs(model):
+        shape = [samples, *probed[item.name].shape[1:]]
+        if np.issubdtype(item.dtype, np.floating):
+            arrays[item.name] = rng.standard_normal(shape).astype(item.dtype)
+            continue
+        shape[1:2] = [length] if item.rank == 2 else shape[1:2]
+        if "mask" in item.name:
+            arrays[item.name] = np.ones(shape, dtype=item.dtype)
+        elif item.name in bounds:
+            arrays[item.name] = rng.integers(0, bounds[item.name], size=shape).astype(item.dtype)
+        else:
+            arrays[item.name] = np.zeros(shape, dtype=item.dtype)
+    found = from_arrays(arrays, model, samples)
+    found.source = "synthetic (from the graph's inputs)"
+    return found
+
+
+def _config_vocab(folder: Path | None) -> int | None:
+    config = None if folder is None else folder / "config.json"
+    if config is None or not config.is_file():
+        return None
+    try:
+        value = json.loads(read_text(config)).get("vocab_size")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _index_bounds(model: onnx.ModelProto, vocab: int | None) -> dict[str, int]:
+    """For inputs that index a table (Gather from an initializer): how many rows they may index."""
+    tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    graph_inputs = {v.name for v in model.graph.input}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in tables:
+            index = node.input[1]
+            if index in graph_inputs:
+                bounds[index] = min(bounds.get(index, tables[node.input[0]]), tables[node.input[0]])
+    if vocab is not None and "input_ids" in bounds:
+        bounds["input_ids"] = min(bounds["input_ids"], vocab)
+    return bounds

@@ -109,6 +109,7 @@ def compress(
         max_length,
         seed,
         reporter,
+        analysis.values,
     )
     scored, held_out = split(len(data), seed)
     start = timer.stage("calibration", start)
@@ -182,13 +183,20 @@ def _calibration(
     max_length: int,
     seed: int,
     reporter: Reporter,
+    probed: Mapping[str, np.ndarray],
 ) -> calib.Calibration:
-    if value is None:
+    if value is None and calib.has_tokenizer(tokenizer_path):
         reporter.warn(
             "warning: no calibration data (--calib); scoring on random word sequences from the tokenizer. "
             "Pass sentences like the ones the model will see for a meaningful choice."
         )
         return calib.synthetic(model, tokenizer_path, samples, max_length, seed)
+    if value is None:
+        reporter.warn(
+            "warning: no calibration data (--calib) and no tokenizer; scoring on random inputs shaped by the graph "
+            "(token ids within the vocabulary, random pixels). Pass real inputs for a meaningful choice."
+        )
+        return calib.from_signature(model, dict(probed), tokenizer_path, samples, max_length, seed)
     if isinstance(value, (str, Path)):
         return calib.load_calibration(
             Path(value),

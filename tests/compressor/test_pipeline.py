@@ -96,3 +96,22 @@ def test_report_flops_are_the_benchmark_definition_with_attention_products(tiny_
     assert flops["after"] < flops["before"]
     attention = 2 * 2 * seq * 64 * 2  # two products of seq x head widths summing to 64, per token, in 2 layers
     assert flops["before"] >= 2 * weights["before"] + attention
+
+
+def test_without_calibration_or_tokenizer_inputs_come_from_the_graph(tiny_folder, tmp_path, capsys):
+    """A model file alone: token ids drawn below the vocabulary, masks of ones, with a warning (README's promise)."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes((tiny_folder / "model.onnx").read_bytes())
+    result = compress(model, keep=0.5, samples=24, method="magnitude", quiet=True)
+    assert "no calibration data (--calib) and no tokenizer" in capsys.readouterr().err
+    assert result.report["calibration"]["source"] == "synthetic (from the graph's inputs)"
+    assert result.report["fidelity"]["samples"] == 24 and abs(result.report["keep_achieved"] - 0.5) <= 0.01
+
+
+def test_an_image_model_without_calibration_gets_pixels_of_the_graphs_image_size(family_cache):
+    """ViT: pixel_values of the size the shape probe found (32 x 32 here), MI scoring against its own predictions."""
+    _, path = family_cache("vit")
+    result = compress(path, keep=0.5, samples=24)
+    assert result.report["top_signal"] == "prediction"
+    assert result.report["fidelity"]["prediction_agreement"] is not None
+    assert abs(result.report["keep_achieved"] - 0.5) <= 0.01
