@@ -203,7 +203,7 @@ def run(
         quantize=quantize,
         quiet=quiet,
     )
-    write_model(result.model, paths, path)
+    write_model(result.model, paths, path, result.report)
     result.report.update(model=str(path), output=str(paths.model_file))
     write_report(result.report, paths.report_file)
     if not quiet:

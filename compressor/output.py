@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 
+from compressor import model_config
 from compressor.paths import CompressPaths
 from graph_passes.model_io import external_data_files
 
@@ -28,18 +29,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_model(model: onnx.ModelProto, paths: CompressPaths, source: Path | None) -> None:
-    """Write the model; into a folder output also copy the source's config and tokenizer files.
+def write_model(model: onnx.ModelProto, paths: CompressPaths, source: Path | None, report: dict | None = None) -> None:
+    """Write the model; into a folder output also copy the source's config and tokenizer files, with config.json
+    rewritten to a compressed decoder's architecture (`model_config`; given its `report`). A decoder that config.json
+    cannot describe is refused before anything is written.
 
     When the source keeps its weights in external data (or the model is too large for one protobuf), so does the
     output: one data file, `paths.data_file`, beside the output (checked by `plan_compress` not to be an input)."""
+    companions = [(destination, origin.read_bytes()) for origin, destination in paths.companions]
+    if report is not None:
+        companions = [(destination, _updated(destination, data, model, report)) for destination, data in companions]
     inputs_data = [] if source is None else external_data_files(onnx.load(str(source), load_external_data=False))
     if inputs_data or model.ByteSize() > PROTOBUF_LIMIT:
         _write_with_external_data(model, paths.model_file, paths.data_file)
     else:
         write_atomic(paths.model_file, model.SerializeToString())
-    for origin, destination in paths.companions:
-        write_atomic(destination, origin.read_bytes())
+    for destination, data in companions:
+        write_atomic(destination, data)
+
+
+def _updated(destination: Path, data: bytes, model: onnx.ModelProto, report: dict) -> bytes:
+    if destination.name != model_config.CONFIG_FILE:
+        return data
+    return model_config.rewrite(data, model, report) or data
 
 
 def _write_with_external_data(model: onnx.ModelProto, model_file: Path, data_file: Path) -> None:

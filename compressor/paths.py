@@ -20,6 +20,7 @@ from graph_passes.model_io import external_data_files
 MODEL_FILE = "model.onnx"
 COMPANION_FILES = (
     "config.json",
+    "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -28,6 +29,7 @@ COMPANION_FILES = (
     "merges.txt",
     "sentencepiece.bpe.model",
     "spm.model",
+    "tokenizer.model",
     "added_tokens.json",
 )
 
