@@ -5,6 +5,10 @@ first model is the baseline and every row carries its speedup over it (median ag
 rounds) beside its own run-to-run spread. Cold start, first inference and peak memory come from a fresh process per
 row. Every row also carries the `onnxruntime_perf_test` command line that measures the same setting with ONNX
 Runtime's own tool.
+
+Decoders (`bench.decoding`) get two rows per model and setting: "prefill" (the batch of prompts of `seq` tokens with
+empty caches, timed as an encoder's run) and "decode" (greedy generation of `new_tokens` with the KV cache fed back:
+per-step latency, time to first token, tokens/s).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import decoding
 from bench.errors import BenchError
 from bench.fresh_process import fresh_process
 from bench.machine import describe
@@ -32,6 +37,7 @@ class Settings:
     warmup: int = 3
     runs: int = 20
     memory: bool = True  # cold start, first inference and peak RSS of a fresh process per row (a second or so each)
+    new_tokens: int = 32  # decoders: tokens generated per sequence in the decode rows
 
 
 @dataclass
@@ -66,6 +72,14 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
         {"file_mb": round(file_bytes(m, g) / 1e6, 2), "parameters": parameter_count(g)} for m, g in zip(models, graphs)
     ]
     names = labels(models)
+    signatures = [decoding.signature(g) for g in graphs]
+    decoders = [s is not None for s in signatures]
+    if any(decoders) and not all(decoders):
+        first = names[decoders.index(not decoders[0])]
+        raise BenchError(
+            f"{first} is {'a decoder' if not decoders[0] else 'not a decoder'} and {names[0]} is not; "
+            "bench compares models of one kind (encoders, or decoders with a KV cache)"
+        )
     reasons = {p: unavailable(p) for p in settings.providers}
     skipped = [reason for reason in reasons.values() if reason]
     providers = [p for p, reason in reasons.items() if not reason]
@@ -80,7 +94,9 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
             for batch in settings.batches:
                 for seq in settings.seqs:
                     where = {"provider": provider, "threads": threads, "batch": batch, "seq": seq}
-                    timings = _timed(sessions, [feeds(g, batch, seq) for g in graphs], batch, seq, settings)
+                    inputs = [feeds(g, batch, seq) for g in graphs]
+                    timings = _timed(sessions, inputs, batch, seq, settings)
+                    phase = {"phase": "prefill"} if decoders[0] else {}
                     for index, timing in enumerate(timings):
                         cold = fresh_process(models[index], provider, threads, batch, seq) if settings.memory else {}
                         extra = {k: v for k, v in ((accuracy or {}).get(models[index]) or {}).items() if v is not None}
@@ -88,6 +104,7 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
                             {
                                 "model": names[index],
                                 "path": str(models[index]),
+                                **phase,
                                 **where,
                                 **_measured(timing, timings[0]),
                                 **cold,
@@ -96,7 +113,35 @@ def run_bench(models: list[Path], settings: Settings, accuracy: dict[Path, dict]
                                 "perf_test": perf_test_command(models[index], graphs[index], where, settings),
                             }
                         )
+                    if decoders[0]:
+                        rows += _decode_rows(models, names, sessions, signatures, inputs, where, facts, settings)
     return BenchResult(describe(), settings, rows, skipped, options)
+
+
+def _decode_rows(models, names, sessions, signatures, inputs, where: dict, facts, settings: Settings) -> list[dict]:
+    try:
+        generations = decoding.interleaved_generation(
+            sessions, signatures, inputs, settings.new_tokens, settings.warmup, settings.runs
+        )
+    except Exception as exc:  # ORT raises several types for one cause: a model that cannot run these inputs
+        first = first_line(exc)[:300]
+        raise BenchError(
+            f"a model fails generating at batch {where['batch']}, prompt {where['seq']} ({first}); check --batch, "
+            "--seq and --new-tokens against its maximum length"
+        ) from exc
+    return [
+        {
+            "model": names[index],
+            "path": str(models[index]),
+            "phase": "decode",
+            **where,
+            "new_tokens": settings.new_tokens,
+            **decoding.decode_measures(generation, generations[0]),
+            **facts[index],
+            "perf_test": None,  # onnxruntime_perf_test runs one graph call; it cannot feed a cache back
+        }
+        for index, generation in enumerate(generations)
+    ]
 
 
 def perf_test_command(model: Path, graph, where: dict, settings: Settings) -> str:
@@ -104,7 +149,10 @@ def perf_test_command(model: Path, graph, where: dict, settings: Settings) -> st
     own random inputs (-I), free dimensions set by name (-f), no spinning between runs (as here), statistics (-s)."""
     sizes = {}
     for value in graph.graph.input:
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim[:2]):
+        dims = value.type.tensor_type.shape.dim
+        if value.name.startswith("past_key_values") and len(dims) == 4 and dims[2].dim_param:
+            sizes.setdefault(dims[2].dim_param, 0)  # a decoder's prefill: empty caches
+        for axis, dim in enumerate(dims[:2]):
             if dim.dim_param:
                 sizes.setdefault(dim.dim_param, (where["batch"], where["seq"])[axis])
     free = " ".join(f'-f "{name}:{size}"' for name, size in sizes.items())

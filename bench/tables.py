@@ -13,10 +13,12 @@ from bench.machine import header_line
 
 COLUMNS = (
     ("model", "model", "{}"),
+    ("phase", "phase", "{}"),
     ("provider", "provider", "{}"),
     ("threads", "threads", "{}"),
     ("batch", "batch", "{}"),
     ("seq", "seq", "{}"),
+    ("new_tokens", "new tokens", "{}"),
     ("p50_ms", "p50 ms", "{:.2f}"),
     ("p90_ms", "p90 ms", "{:.2f}"),
     ("p99_ms", "p99 ms", "{:.2f}"),
@@ -25,6 +27,8 @@ COLUMNS = (
     ("std_ms", "std ms", "{:.2f}"),
     ("spread", "spread", "{:.0%}"),
     ("throughput", "seq/s", "{:.1f}"),
+    ("tokens_per_s", "tok/s", "{:.1f}"),
+    ("ttft_ms", "TTFT ms", "{:.2f}"),
     ("speedup", "speedup", "{:.2f}x"),
     ("cold_start_ms", "cold start ms", "{:.0f}"),
     ("first_run_ms", "first run ms", "{:.1f}"),
@@ -56,13 +60,21 @@ def _caption(result: BenchResult) -> str:
         f"{settings.runs} timed runs per model, interleaved; speedup: baseline p50 / p50 (baseline: the first model); "
         "spread: (p90 - p10) / p50 of the row's own runs (a speedup within the baseline's spread is noise); cold start "
         "(model read + session creation), first run and peak RSS: a fresh process per row"
+        + (_DECODE_NOTE if any(row.get("phase") == "decode" for row in result.rows) else "")
     )
+
+
+_DECODE_NOTE = (
+    "; decoders: prefill rows time the prompts (batch x seq tokens, empty KV cache), decode rows a greedy generation "
+    "of 'new tokens' with the cache fed back: p50..max ms per decoding step (one token per sequence), TTFT = the "
+    "prefill and its token, tok/s = batch x (new tokens - 1) / decoding time, speedup = baseline step p50 / step p50"
+)
 
 
 def _details(result: BenchResult) -> list[str]:
     """What each provider ran with, and the onnxruntime_perf_test command line of every distinct row."""
     lines = [f"- {provider} options: {options or 'none'}" for provider, options in result.provider_options.items()]
-    commands = list(dict.fromkeys(row["perf_test"] for row in result.rows))
+    commands = list(dict.fromkeys(row["perf_test"] for row in result.rows if row.get("perf_test")))
     return lines + ["", "The same settings with ONNX Runtime's own tool:", "", "```", *commands, "```"]
 
 

@@ -1,7 +1,8 @@
 """Inputs for a benchmark run: `batch` sequences of `seq` tokens, shaped like what a tokenizer hands the model.
 
 Token ids are drawn from the model's own vocabulary (the rows of the embedding table the ids index), masks are all
-ones and token type ids zeros: every position is real work, none is padding.
+ones and token type ids zeros: every position is real work, none is padding. A decoder (`compressor.decoder`) gets a
+prefill: the prompts as `input_ids`, empty KV caches, position ids 0..seq-1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 
 from bench.errors import BenchError
+from compressor.decoder import TOKENS, detect
 from graph_passes.model_io import external_data_files
 
 
@@ -26,10 +28,15 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def feeds(model: onnx.ModelProto, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """One batch for every graph input; rank-1 inputs get (batch,), rank-2 (batch, seq), floats (batch, seq, ...)."""
+    """One batch for every graph input; rank-1 inputs get (batch,), rank-2 (batch, seq), floats (batch, seq, ...);
+    a decoder's the feeds of a prefill of `seq` tokens with empty caches."""
     initializers = {t.name for t in model.graph.initializer}
     bounds = _index_bounds(model)
     rng = np.random.default_rng(seed)
+    decoder = detect(model)
+    if decoder is not None:
+        vocab = bounds.get(TOKENS) or decoder.vocab or 2
+        return decoder.feeds({TOKENS: rng.integers(0, vocab, size=(batch, seq)).astype(np.int64)})
     arrays = {}
     for value in model.graph.input:
         if value.name in initializers:

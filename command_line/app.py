@@ -265,6 +265,9 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0, help="untimed runs per model before timing")] = 3,
     runs: Annotated[int, typer.Option(min=1, help="timed runs per model and setting")] = 20,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="peak RSS of a fresh process per row")] = True,
+    new_tokens: Annotated[
+        int, typer.Option(min=2, help="decoders: tokens to generate per sequence for the decode rows")
+    ] = 32,
     data: Annotated[Path | None, typer.Option(help="labelled file: adds accuracy (measured on CPU)")] = None,
     tokenizer: TokenizerOpt = None,
     text_columns: ColumnsOpt = None,
@@ -286,6 +289,7 @@ def bench(
         warmup,
         runs,
         memory,
+        new_tokens,
     )
     accuracy = None
     if data is not None:
