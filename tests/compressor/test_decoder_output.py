@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import tiny_decoders
 import torch
@@ -30,7 +31,7 @@ def calibration_text(tmp_path_factory):
     return path
 
 
-def _masks(report: dict, kind: str, units: int | None = None) -> dict[int, np.ndarray]:
+def _masks(report: dict, kind: str) -> dict[int, np.ndarray]:
     masks = {}
     for group in report["groups"]:
         if group["kind"] == kind:
@@ -100,3 +101,40 @@ def test_different_kv_head_counts_per_layer_are_refused_in_one_line(decoder_cach
 def test_an_encoder_config_is_left_as_it_is(tiny_folder):
     model = onnx.load(str(tiny_folder / "model.onnx"), load_external_data=False)
     assert compressed_config({"model_type": "bert"}, model, {"groups": []}) is None
+
+
+@pytest.mark.parametrize("keep", ["1.0", "0.7"])
+def test_pruning_the_hidden_stream_of_a_tied_rmsnorm_decoder_keeps_it_generating(
+    decoder_cache, calibration_text, tmp_path, keep
+):
+    """Llama: RMSNorm over the kept channels, the embedding and the tied lm_head sliced together. All kept, the
+    logits are the original's; pruned, the folder still loads and its cache stays self-consistent."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model, path = decoder_cache("llama")
+    out = tmp_path / "small"
+    result = compress(
+        str(path), "--keep", keep, "--granularity", "heads,ffn,hidden", "--calib", str(calibration_text),
+        "--out", str(out), "--no-recover", "--samples", "16", "--max-length", "16", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    (hidden,) = [g["units_after"] for g in report["groups"] if g["kind"] == "hidden"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = tiny_decoders.sample_ids(2, 9, seed=6)
+    steps = tiny_decoders.onnx_steps(session, ids, prefill=6)
+    full = tiny_decoders.onnx_steps(session, ids, prefill=9)[0]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4, rtol=0)
+    if keep == "1.0":
+        assert hidden == 64
+        for have, want in zip(steps, tiny_decoders.torch_steps(model, ids, prefill=6), strict=True):
+            np.testing.assert_allclose(have, want, atol=1e-4, rtol=0)
+        return
+    assert hidden < 64
+    assert json.loads((out / "config.json").read_text())["compressed"]["hidden_size"] == hidden
+    prompt = torch.from_numpy(ids[:, :4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = ORTModelForCausalLM.from_pretrained(out, provider="CPUExecutionProvider")
+        tokens = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False)
+    assert tokens.shape == (2, 8)
