@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from graph_passes.cache_state import is_cache
+from graph_passes.cache_state import gqa_feeds, is_cache
 from graph_passes.dims import Blocker, DimGraph
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.model_io import normalize
 from graph_passes.op_rules import RULES, LinearWeight, RuleContext, apply_rule
-from graph_passes.shape_probe import probe_values
+from graph_passes.shape_probe import dummy_inputs, probe_values
 
 FLAT, UNITS, WITHIN, SECTIONS = "flat", "units", "within", "sections"
 
@@ -130,7 +130,7 @@ def static_tensors(model: onnx.ModelProto) -> set[str]:
 def analyze(model: onnx.ModelProto) -> GraphAnalysis:
     """Find every channel group of `model` and what blocks each one."""
     model = normalize(model)
-    values = probe_values(model)
+    values = probe_values(model, gqa_feeds(model, dummy_inputs(model)) if _has_gqa(model) else None)
     static = static_tensors(model)
     ctx = RuleContext(DimGraph(), values, static)
     unsupported = []
@@ -143,6 +143,10 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
     ctx.dims.settle()
     groups = _collect_groups(model, ctx)
     return GraphAnalysis(model, groups, ctx.dims, values, static, unsupported, ctx.linears)
+
+
+def _has_gqa(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "GroupQueryAttention" for node in model.graph.node)
 
 
 def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGroup]:
@@ -197,6 +201,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
                 sections=sections,
             )
         )
+    _block_unaligned_quantization(groups, dims)
     _one_hidden_stream(groups)
     _link_weights(groups, ctx)
     _classify(groups, {w.weight: w.node_index for w in ctx.linears})
@@ -257,6 +262,22 @@ def _unique(blockers: list[Blocker]) -> list[Blocker]:
     return list(dict.fromkeys(blockers))
 
 
+def _block_unaligned_quantization(groups: list[ChannelGroup], dims: DimGraph) -> None:
+    """MatMulNBits reads its input channels in blocks: a group can drop whole blocks only, so its units must tile the
+    blocks (a unit of whole blocks, or blocks of whole units, which the slicer then checks mask by mask)."""
+    for dim, block, node in dims.quantized:
+        root = dims.find(dim)
+        group = next((g for g in groups if g.dims.get(root, (WITHIN,))[0] != WITHIN), None)
+        if group is None or not block:
+            continue
+        view, width = group.dims[root]
+        width = 1 if view == UNITS else width
+        if view == SECTIONS or (width % block and block % width):
+            shown = "packed in sections" if view == SECTIONS else f"{width} wide"
+            reason = f"input channels are quantized in blocks of {block}; its group's units are {shown}"
+            group.blockers.append(Blocker(node, "MatMulNBits", reason))
+
+
 def _one_hidden_stream(groups: list[ChannelGroup]) -> None:
     """The encoder's residual stream is the normalised, summed group with the most parameters; another one (ALBERT's
     embeddings, summed and normalised before their projection into the stream) is a dense group."""
@@ -270,7 +291,8 @@ def _link_weights(groups: list[ChannelGroup], ctx: RuleContext) -> None:
     dims = ctx.dims
     by_dim = {d: g for g in groups for d, (view, _) in g.dims.items() if view != WITHIN}
     for linear in sorted(ctx.linears, key=lambda w: w.node_index):
-        read = by_dim.get(dims.find(dims.axes[(linear.weight, linear.in_axis)]))
+        rows = (linear.activation, len(ctx.shape(linear.activation)) - 1) if linear.bits else None
+        read = by_dim.get(dims.find(dims.axes[rows or (linear.weight, linear.in_axis)]))
         written = by_dim.get(dims.find(dims.axes[(linear.weight, linear.out_axis)]))
         if read is not None and linear.weight not in read.readers:
             read.readers.append(linear.weight)

@@ -48,6 +48,7 @@ class DimGraph:
     pieces: list[Piece] = field(default_factory=list)
     packers: dict[int, tuple[str, str]] = field(default_factory=dict)  # sections flat -> (node, op type) making it
     blockers: dict[int, list[Blocker]] = field(default_factory=dict)
+    quantized: list[tuple[int, int, str]] = field(default_factory=list)  # (dim, block size, node): K of MatMulNBits
 
     def new(self, size: int) -> int:
         self.parent.append(len(self.parent))

@@ -26,6 +26,7 @@ class LinearWeight:
     out_axis: int
     node_index: int
     activation: str
+    bits: int = 0  # 0: a float matrix; else MatMulNBits' packed weight (N, K blocks, bytes): `in_axis` is its blocks
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RuleContext:
         self.dims.block(self.dim(name, axis), Blocker(node.name, node.op_type, reason))
 
     def tag(self, name: str, axis: int, tag: str) -> None:
+        self.dim(name, axis)  # an axis only tagged (a mask summed over its length) is still an axis
         self.tags.append((name, axis % len(self.shape(name)), tag))
 
     def value(self, name: str) -> np.ndarray:
@@ -148,6 +150,27 @@ def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
         ctx.linears.append(LinearWeight(b, b_rows, b_cols, ctx.node_index, a))
 
 
+def matmul_nbits(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """MatMulNBits (contrib): A (..., K) times a weight quantized to `bits` in blocks of `block_size` along K, stored
+    as B (N, K blocks, bytes) with scales (N, K blocks), optional zero points (N, packed blocks) and bias (N); Y
+    (..., N). Output channels N slice freely (rows of B, scales, zero points, bias); input channels K only in whole
+    blocks, which `DimGraph.quantized` records for the group and the slicer checks per mask."""
+    inputs = list(node.input) + [""] * 6
+    a, weight, scales, zero_points, g_idx, bias = inputs[:6]
+    y = node.output[0]
+    rank = len(ctx.shape(a))
+    for axis in range(rank - 1):
+        ctx.tie(a, axis, y, axis)
+    if g_idx or weight not in ctx.static or len(ctx.shape(weight)) != 3 or len(ctx.shape(scales)) != 2:
+        no_rule(node, ctx, "MatMulNBits with a group index, a computed weight or one-dimensional scales")
+        return
+    for name in (weight, scales, zero_points, bias):
+        if name:
+            ctx.tie(name, 0, y, -1)
+    ctx.dims.quantized.append((ctx.dim(a, -1), _attr(node, "block_size", 0), node.name))
+    ctx.linears.append(LinearWeight(weight, 1, 0, ctx.node_index, a, _attr(node, "bits", 4)))
+
+
 def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
     data, indices, out = node.input[0], node.input[1], node.output[0]
     rank = len(ctx.shape(data))
@@ -162,6 +185,28 @@ def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
         if data in ctx.static:
             ctx.tag(out, k - 1 + extra, "embedding")
     ctx.block(data, axis, node, "selects entries along this axis")
+
+
+def gather_block_quantized(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """GatherBlockQuantized (contrib): rows of a table quantized in blocks (a tied int4 embedding reading lm_head's
+    packed weight and scales). The gathered axis selects entries; the channel axis of its output is packed and
+    quantized in blocks whose slicing is not written yet, so it blocks its group (the hidden stream)."""
+    data, indices, out = node.input[0], node.input[1], node.output[0]
+    extra = len(ctx.shape(indices))
+    for k in range(extra):
+        ctx.tie(indices, k, out, k)
+    for name in _inputs(node)[2:]:
+        if len(ctx.shape(name)) == len(ctx.shape(data)) and ctx.shape(name)[0] == ctx.shape(data)[0]:
+            ctx.tie(name, 0, data, 0)
+    ctx.block(data, 0, node, "selects entries along this axis")
+    ctx.tag(out, -1, "embedding")
+    ctx.block(
+        out,
+        -1,
+        node,
+        "a block-quantized embedding table (tied to lm_head's int4 weight): its channels are "
+        "not sliced yet; keep the hidden stream whole",
+    )
 
 
 def pad(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -331,13 +376,17 @@ def layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 def skip_layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
     """SkipLayerNormalization and SkipSimplifiedLayerNormalization (ONNX Runtime contrib): LayerNorm(input + skip
-    [+ bias]) over the last axis; gamma, beta and bias run along it; the optional 4th output is the sum."""
+    [+ bias]) over the last axis; gamma, beta and bias run along it; outputs 2 and 3 (mean, inverse std) keep the
+    leading axes; the optional 4th output is the sum (the residual stream)."""
     data = node.input[0]
     for other in [node.input[1], node.output[0]] + [o for o in node.output[3:4] if o]:
         for axis in range(len(ctx.shape(data))):
             ctx.tie(data, axis, other, axis)
     for param in _inputs(node)[2:]:
         tie_broadcast(ctx, param, data)
+    for stat in (o for o in node.output[1:3] if o and o in ctx.values):  # mean, inverse std: (..., 1)
+        for axis in range(len(ctx.shape(stat)) - 1):
+            ctx.tie(data, axis, stat, axis)
     ctx.tag(data, -1, "normalized")
     ctx.tag(data, -1, "residual")
 
@@ -406,6 +455,52 @@ def multi_head_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if len(node.input) > 3 and node.input[3]:
         parts = [ctx.dim(name, 2) for name in (query, key, value)]
         ctx.dims.concatenate(ctx.dim(node.input[3], 0), parts, node.name, node.op_type)
+
+
+def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """GroupQueryAttention (contrib): query (B, S, q) packs [Q | K | V] when key and value are absent, else Q alone
+    with key (B, S, k) and value (B, S, v). Q is `num_heads` heads, which are `kv_num_heads` KV groups of query heads
+    (so a unit keeps a KV head and the query heads that read it); K and V are `kv_num_heads` heads; the caches
+    (B, kv_heads, length, head_size) follow the KV heads; output (B, S, q). The head size is never cut (rotary,
+    cos/sin caches, and ONNX Runtime's kernel want it whole)."""
+    inputs = list(node.input) + [""] * 12
+    query, out = inputs[0], node.output[0]
+    heads, kv_heads = _attr(node, "num_heads", 0), _attr(node, "kv_num_heads", 0)
+    if not heads or not kv_heads or heads % kv_heads or len(ctx.shape(query)) != 3:
+        no_rule(node, ctx, "GroupQueryAttention with a packed query of another rank or head counts that do not divide")
+        return
+    packed = not inputs[1]
+    width = ctx.shape(query)[2]
+    head_size = width // (heads + 2 * kv_heads) if packed else width // heads
+    groups = ctx.dims.new(kv_heads)
+    query_heads = ctx.dims.new(heads)
+    ctx.dims.factor(query_heads, groups, ctx.dims.new(heads // kv_heads))
+    inner = ctx.dims.new(head_size)
+    q_part = ctx.dim(out, 2)
+    ctx.dims.factor(q_part, query_heads, inner)
+    k_part = ctx.dims.new(kv_heads * head_size) if packed else ctx.dim(inputs[1], 2)
+    v_part = ctx.dims.new(kv_heads * head_size) if packed else ctx.dim(inputs[2], 2)
+    for part in (k_part, v_part):
+        ctx.dims.factor(part, groups, inner)
+    if packed:
+        ctx.dims.concatenate(ctx.dim(query, 2), [q_part, k_part, v_part], node.name, node.op_type)
+    else:
+        ctx.tie(query, 2, out, 2)
+    for name in [query, *(n for n in inputs[1:3] if n)]:
+        ctx.tie(name, 0, out, 0)
+        ctx.tie(name, 1, out, 1)
+    for cache in [n for n in inputs[3:5] if n] + [o for o in node.output[1:3] if o]:
+        ctx.tie(query, 0, cache, 0)
+        ctx.dims.union(ctx.dim(cache, 1), groups)
+        ctx.dims.union(ctx.dim(cache, 3), inner)
+    sink = inputs[11]
+    if sink:
+        ctx.dims.union(ctx.dim(sink, 0), query_heads)
+    bias = inputs[10]
+    if bias and ctx.shape(bias)[1] == heads:
+        ctx.dims.union(ctx.dim(bias, 1), query_heads)
+    elif bias and ctx.shape(bias)[1] != 1:
+        ctx.block(bias, 1, node, "attention bias with an unexpected heads axis")
 
 
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -477,7 +572,9 @@ RULES: dict[str, Rule] = {
     "CumSum": along_axis("accumulates along this axis"),
     "MatMul": matmul,
     "Gemm": gemm,
+    "MatMulNBits": matmul_nbits,
     "Gather": gather,
+    "GatherBlockQuantized": gather_block_quantized,
     "Transpose": transpose,
     "Expand": expand,
     "Conv": conv,
@@ -486,6 +583,7 @@ RULES: dict[str, Rule] = {
     "EmbedLayerNormalization": embed_layer_norm,
     "Attention": attention,
     "MultiHeadAttention": multi_head_attention,
+    "GroupQueryAttention": group_query_attention,
 }
 
 

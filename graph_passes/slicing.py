@@ -29,6 +29,7 @@ def apply_masks(
         _rewrite_reshapes(model, analysis, plan)
         _rewrite_head_counts(model, analysis, plan)
         _rewrite_split_sizes(model, analysis, plan)
+        _slice_quantized_blocks(model, analysis, plan)
         _resize_interface(model, analysis, plan)
     del model.graph.value_info[:]
     _drop_unused_initializers(model)
@@ -48,6 +49,7 @@ def _index_plan(
 ) -> dict[int, np.ndarray]:
     """Kept indices per dimension class, for every group whose mask drops something."""
     plan: dict[int, np.ndarray] = {}
+    owner: dict[int, str] = {}
     for name, raw in masks.items():
         group = _find_group(analysis, name)
         mask = _check_mask(group, raw)
@@ -63,7 +65,26 @@ def _index_plan(
         for dim, (view, _) in group.dims.items():
             if view != WITHIN:
                 plan[dim] = group.kept_on(dim, mask)
+                owner[dim] = group.name
+    _check_whole_blocks(analysis, plan, owner)
     return plan
+
+
+def _check_whole_blocks(analysis: GraphAnalysis, plan: dict[int, np.ndarray], owner: dict[int, str]) -> None:
+    """MatMulNBits' input channels go in quantization blocks: a mask keeps or drops each block whole."""
+    dims = analysis.dims
+    for dim, block, node in dims.quantized:
+        kept = plan.get(dims.find(dim))
+        if kept is None:
+            continue
+        size = dims.size[dims.find(dim)]
+        counts = np.bincount(kept // block, minlength=-(-size // block))
+        full = np.minimum(block, size - block * np.arange(len(counts)))
+        if np.any((counts != 0) & (counts != full)):
+            raise UnsupportedGraphError(
+                f"cannot prune {owner[dims.find(dim)]}: MatMulNBits node {node!r}: input channels are quantized in "
+                f"blocks of {block}; the mask keeps part of a block (keep or drop {block} channels at a time)"
+            )
 
 
 def _find_group(analysis: GraphAnalysis, name: str) -> ChannelGroup:
@@ -220,6 +241,8 @@ def _rewrite_head_counts(model: onnx.ModelProto, analysis: GraphAnalysis, plan: 
     """Fused attention nodes spell their head count (and unequal Q, K, V sizes) in attributes."""
     dims = analysis.dims
     for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            _rewrite_gqa_heads(node, analysis, plan)
         if node.op_type not in ("Attention", "MultiHeadAttention"):
             continue
         factors = dims.factorization(dims.axes[(node.output[0], 2)])
@@ -231,6 +254,67 @@ def _rewrite_head_counts(model: onnx.ModelProto, analysis: GraphAnalysis, plan: 
         for attribute in node.attribute:
             if attribute.name == "qkv_hidden_sizes":
                 attribute.ints[:] = [size // old * len(plan[factors[0]]) for size in attribute.ints]
+
+
+def _rewrite_gqa_heads(node: onnx.NodeProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """GroupQueryAttention spells its KV head count and its query head count (a whole multiple of it)."""
+    dims = analysis.dims
+    cache = next((name for name in list(node.input)[3:5] + list(node.output)[1:3] if name), None)
+    if cache:
+        groups = dims.find(dims.axes[(cache, 1)])
+    else:  # output (B, S, heads x head_size), heads = (KV groups, repeat)
+        heads = dims.factorization(dims.axes[(node.output[0], 2)])
+        groups = (dims.factorization(heads[0]) or heads)[0] if heads else None
+    if groups not in plan:
+        return
+    attributes = {a.name: a for a in node.attribute}
+    kept = len(plan[groups])
+    repeat = attributes["num_heads"].i // attributes["kv_num_heads"].i
+    attributes["kv_num_heads"].i = kept
+    attributes["num_heads"].i = kept * repeat
+
+
+def _slice_quantized_blocks(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """MatMulNBits: rows N were sliced with every initializer (B, scales, zero points, bias); here the attribute N
+    follows, and a pruned input K drops whole blocks from B, the scales and the zero points (4-bit zero points are
+    packed two blocks a byte) and sets K."""
+    dims = analysis.dims
+    initializers = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        a, y = node.input[0], node.output[0]
+        rows = plan.get(dims.find(dims.axes[(y, analysis.values[y].ndim - 1)]))
+        if rows is not None:
+            attributes["N"].i = len(rows)
+        kept = plan.get(dims.find(dims.axes[(a, analysis.values[a].ndim - 1)]))
+        if kept is None:
+            continue
+        blocks = np.unique(kept // attributes["block_size"].i)
+        bits = attributes["bits"].i if "bits" in attributes else 4
+        attributes["K"].i = len(kept)
+        inputs = list(node.input) + [""] * 4
+        for name in inputs[1:4]:
+            if not name:
+                continue
+            index = initializers[name]
+            array = numpy_helper.to_array(model.graph.initializer[index])
+            if name == inputs[3] and array.dtype == np.uint8 and bits < 8:
+                array = _repacked(array, blocks, bits)
+            else:
+                array = np.take(array, blocks, axis=1)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+
+
+def _repacked(packed: np.ndarray, blocks: np.ndarray, bits: int) -> np.ndarray:
+    """Zero points packed `8 // bits` blocks a byte (low bits first), keeping only `blocks`."""
+    per_byte = 8 // bits
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    values = ((packed[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)[:, blocks]
+    pad = -values.shape[1] % per_byte
+    values = np.pad(values, ((0, 0), (0, pad))).reshape(values.shape[0], -1, per_byte)
+    return (values << shifts).sum(axis=2).astype(np.uint8)
 
 
 def _rewrite_split_sizes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:

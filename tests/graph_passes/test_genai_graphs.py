@@ -1,0 +1,275 @@
+"""Decoders built by ONNX Runtime GenAI's model builder (tests/fixtures/genai/): GroupQueryAttention (packed or separate
+Q, K, V, rotary inside), SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization and MatMulNBits. KV-group and
+FFN masks prune them; the pruned model gives the logits of the same pruning done by hand on the transformers source,
+and, written into a GenAI folder, onnxruntime_genai greedy-generates what a plain ONNX Runtime loop does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tiny_decoders
+import torch
+import transformers
+
+from compressor.genai_folder import read_config, updated_config
+from graph_passes import UnsupportedGraphError, analyze, apply_masks, load_model
+
+GENAI = Path(__file__).resolve().parents[1] / "fixtures" / "genai"
+TOLERANCE = 1e-4
+FP32 = {
+    "llama-gqa-fp32": "llama-gqa-hf",
+    "llama-gqa-fp32-separate-qkv": "llama-gqa-hf",
+    "qwen2-gqa-fp32": "qwen2-gqa-hf",
+}
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def analyses():
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = analyze(load_model(GENAI / name / "model.onnx"))
+        return cache[name]
+
+    return get
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _empty_cache(session: ort.InferenceSession, head_size: int) -> dict[str, np.ndarray]:
+    return {
+        i.name: np.zeros((1, i.shape[1], 0, head_size), dtype=np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values")
+    }
+
+
+def _step(session, ids: np.ndarray, total: int, past: dict) -> tuple[np.ndarray, dict]:
+    names = [o.name for o in session.get_outputs()]
+    feeds = {"input_ids": ids[None, :], "attention_mask": np.ones((1, total), dtype=np.int64)}
+    results = dict(zip(names, session.run(names, feeds | past)))
+    return results["logits"], {name: results[name.replace("past_key_values", "present")] for name in past}
+
+
+def ort_greedy(session, prompt: np.ndarray, head_size: int, new_tokens: int = NEW_TOKENS) -> tuple[np.ndarray, list]:
+    """Prefill logits and the greedy tokens of a plain ONNX Runtime loop feeding present.* back as past."""
+    logits, past = _step(session, prompt, len(prompt), _empty_cache(session, head_size))
+    prefill, tokens = logits, []
+    for _ in range(new_tokens):
+        tokens.append(int(np.argmax(logits[0, -1])))
+        logits, past = _step(session, np.array(tokens[-1:]), len(prompt) + len(tokens), past)
+    return prefill, tokens
+
+
+def genai_greedy(folder: Path, prompt: np.ndarray, new_tokens: int = NEW_TOKENS) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt.astype(np.int32).tolist())
+    while not generator.is_done():
+        generator.generate_next_token()
+    return list(generator.get_sequence(0))[len(prompt) :]
+
+
+def random_masks(analysis, seed: int) -> tuple[dict, dict, dict]:
+    """Per layer: the last KV group (layer 0) or a random non-empty choice, and a random ~2/3 of FFN
+    neurons. Returns (graph masks, torch head masks, torch FFN masks)."""
+    rng = np.random.default_rng(seed)
+    masks, heads, ffn = {}, {}, {}
+    for group in analysis.by_kind("heads"):
+        mask = np.zeros(group.units, dtype=bool)
+        if group.layer == 0:  # the last group alone: its Q, K and V segments sit at offsets within the packed axis
+            mask[-1] = True
+        else:
+            mask[rng.choice(group.units, size=int(rng.integers(1, group.units + 1)), replace=False)] = True
+        masks[group.name], heads[group.layer] = mask, mask
+    for group in analysis.by_kind("ffn"):
+        mask = rng.random(group.units) < 0.66
+        mask[rng.integers(group.units)] = True
+        masks[group.name], ffn[group.layer] = mask, mask
+    return masks, heads, ffn
+
+
+def _torch_source(hf: str) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(GENAI / hf), attn_implementation="eager", dtype=torch.float32
+    ).eval()
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_kv_groups_ffn_and_hidden_stream_are_found(analyses, name):
+    analysis = analyses(name)
+    heads, ffn = analysis.by_kind("heads"), analysis.by_kind("ffn")
+    assert [(g.layer, g.units, g.width, g.prunable) for g in heads] == [(0, 2, 32, True), (1, 2, 32, True)]
+    assert [(g.layer, g.units, g.prunable) for g in ffn] == [(0, 96, True), (1, 96, True)]
+    assert heads[1].cache == [
+        "past_key_values.1.key", "past_key_values.1.value", "present.1.key", "present.1.value"
+    ]  # fmt: skip
+    (hidden,) = analysis.by_kind("hidden")
+    assert hidden.units == 64
+    assert not analysis.unsupported
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_pruned_genai_model_matches_torch_and_generates_in_ort_genai(analyses, name, tmp_path):
+    analysis = analyses(name)
+    masks, heads, ffn = random_masks(analysis, seed=len(name))
+    pruned = apply_masks(analysis, masks)
+    kv_counts = {
+        n.name: {a.name: a.i for a in n.attribute if a.name in ("num_heads", "kv_num_heads")}
+        for n in pruned.graph.node
+        if n.op_type == "GroupQueryAttention"
+    }
+    assert [c["kv_num_heads"] for c in kv_counts.values()] == [int(heads[k].sum()) for k in sorted(heads)]
+    assert [c["num_heads"] for c in kv_counts.values()] == [2 * int(heads[k].sum()) for k in sorted(heads)]
+    past = {i.name: i.type.tensor_type.shape.dim[1].dim_value for i in pruned.graph.input if "past" in i.name}
+    assert past["past_key_values.0.key"] == past["past_key_values.0.value"] == 1
+    assert past["past_key_values.1.key"] == int(heads[1].sum())
+
+    reference = np.load(GENAI / name / "reference.npz")
+    prompt = reference["prompt"]
+    prefill, tokens = ort_greedy(_session(pruned), prompt, head_size=16)
+    torch_model = tiny_decoders.torch_pruned(_torch_source(FP32[name]), heads=heads, ffn=ffn)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(prompt[None, :])).logits.numpy()
+    assert np.abs(prefill - expected).max() < TOLERANCE
+    assert not np.allclose(prefill, reference["prefill_logits"], atol=1e-2)  # the pruning changed something
+
+    folder = tmp_path / name
+    shutil.copytree(GENAI / name, folder, ignore=shutil.ignore_patterns("model.onnx*", "reference.npz"))
+    onnx.save(pruned, str(folder / "model.onnx"))
+    config = updated_config(
+        read_config(GENAI / name),
+        heads=int(2 * max(m.sum() for m in heads.values())),
+        kv_heads=int(max(m.sum() for m in heads.values())),
+        head_size=16,
+        hidden=None,
+        intermediate=None,
+    )
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=4))
+    assert genai_greedy(folder, prompt) == tokens
+
+
+# --- int4 (MatMulNBits) ------------------------------------------------------------------------------------------
+
+
+def dequantized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with each MatMulNBits replaced by a MatMul on its dequantized weight (plus its bias)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            nodes.append(node)
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        inputs = list(node.input) + [""] * 6
+        packed, scales = weights[inputs[1]], weights[inputs[2]]
+        values = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], packed.shape[1], -1)
+        zero = 8.0
+        if inputs[3]:
+            points = weights[inputs[3]]
+            zero = np.stack([points & 0x0F, points >> 4], axis=-1).reshape(points.shape[0], -1)[
+                :, : scales.shape[1], None
+            ]
+        matrix = ((values - zero) * scales[:, :, None]).reshape(attrs["N"], -1)[:, : attrs["K"]]
+        name = f"{inputs[1]}_dequantized"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(matrix.T.astype(np.float32).copy(), name))
+        out = node.output[0] if not inputs[5] else f"{node.output[0]}_nobias"
+        nodes.append(onnx.helper.make_node("MatMul", [inputs[0], name], [out], name=node.name))
+        if inputs[5]:
+            nodes.append(onnx.helper.make_node("Add", [out, inputs[5]], [node.output[0]], name=f"{node.name}_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def exact_int4(model: onnx.ModelProto) -> onnx.ModelProto:
+    """accuracy_level 0: MatMulNBits computes in float, not on int8-quantized activations, so it equals the
+    dequantized MatMul to float rounding."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "MatMulNBits" and attribute.name == "accuracy_level":
+                attribute.i = 0
+    return model
+
+
+def block_masks(analysis, seed: int) -> dict:
+    """The last KV group of layer 0 and both of layer 1; FFN neurons kept in whole blocks of 32."""
+    rng = np.random.default_rng(seed)
+    masks = {"heads[0]": np.array([False, True]), "heads[1]": np.array([True, True])}
+    for group in analysis.by_kind("ffn"):
+        blocks = np.zeros(group.units // 32, dtype=bool)
+        blocks[rng.choice(len(blocks), size=int(rng.integers(1, len(blocks))), replace=False)] = True
+        masks[group.name] = np.repeat(blocks, 32)
+    return masks
+
+
+def test_int4_kv_groups_and_block_aligned_ffn_prune_like_the_dequantized_model(analyses, tmp_path):
+    name = "llama-gqa-int4"
+    analysis = analyses(name)
+    assert [(g.name, g.units, g.prunable) for g in analysis.groups if g.kind in ("heads", "ffn")] == [
+        ("heads[0]", 2, True), ("heads[1]", 2, True), ("ffn[0]", 96, True), ("ffn[1]", 96, True)
+    ]  # fmt: skip
+    masks = block_masks(analysis, seed=3)
+    pruned = apply_masks(analysis, masks)
+    reference = apply_masks(analyze(dequantized(analysis.model)), masks)
+    prompt = np.load(GENAI / name / "reference.npz")["prompt"]
+    got, _ = ort_greedy(_session(exact_int4(pruned)), prompt, head_size=16)
+    expected, _ = ort_greedy(_session(reference), prompt, head_size=16)
+    assert np.abs(got - expected).max() < TOLERANCE
+    kept = {n.name: {a.name: a.i for a in n.attribute if a.name in "KN"} for n in pruned.graph.node}
+    assert kept["/model/layers.0/mlp/down_proj/MatMul_Q4"]["K"] == masks["ffn[0]"].sum()
+    assert kept["/model/layers.0/attn/qkv_proj/MatMul_Q4"]["N"] == 64  # one KV group of Q, K, V: 32 + 16 + 16
+    assert kept["/model/layers.0/attn/o_proj/MatMul_Q4"]["K"] == 32
+
+    folder = tmp_path / name
+    shutil.copytree(GENAI / name, folder, ignore=shutil.ignore_patterns("model.onnx*", "reference.npz"))
+    onnx.save(pruned, str(folder / "model.onnx"))
+    _, tokens = ort_greedy(_session(pruned), prompt, head_size=16)
+    config = updated_config(
+        read_config(GENAI / name), heads=4, kv_heads=2, head_size=16, hidden=None, intermediate=None
+    )
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=4))
+    assert genai_greedy(folder, prompt) == tokens
+
+
+def test_int4_masks_that_cut_a_quantization_block_are_refused_naming_the_node(analyses):
+    analysis = analyses("llama-gqa-int4")
+    mask = np.ones(96, dtype=bool)
+    mask[5] = False
+    with pytest.raises(UnsupportedGraphError) as error:
+        apply_masks(analysis, {"ffn[0]": mask})
+    message = str(error.value)
+    assert "\n" not in message
+    assert "MatMulNBits node '/model/layers.0/mlp/down_proj/MatMul_Q4'" in message and "blocks of 32" in message
+
+
+def test_qwen2_int4_prunes_kv_groups_and_ffn_and_its_tied_quantized_embedding_blocks_the_hidden_stream(analyses):
+    analysis = analyses("qwen2-gqa-int4")
+    (hidden,) = analysis.by_kind("hidden")
+    assert not hidden.prunable
+    assert hidden.blockers[0].op_type == "GatherBlockQuantized" and "tied to lm_head" in hidden.blockers[0].reason
+    with pytest.raises(UnsupportedGraphError, match="cannot prune hidden: GatherBlockQuantized node"):
+        apply_masks(analysis, {"hidden": np.arange(64) < 32})
+    masks = block_masks(analysis, seed=5)
+    pruned = apply_masks(analysis, masks)  # the packed Q, K, V bias shrinks with the KV group
+    reference = apply_masks(analyze(dequantized(analysis.model)), masks)
+    prompt = np.load(GENAI / "qwen2-gqa-int4" / "reference.npz")["prompt"]
+    got, _ = ort_greedy(_session(exact_int4(pruned)), prompt, head_size=16)
+    expected, _ = ort_greedy(_session(reference), prompt, head_size=16)
+    assert np.abs(got - expected).max() < TOLERANCE
