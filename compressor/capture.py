@@ -23,6 +23,7 @@ import onnxruntime as ort
 from compressor.calibration import Calibration
 from compressor.statistics import Moments
 from graph_passes import GraphAnalysis, UnsupportedGraphError
+from graph_passes.sessions import cpu_session
 
 
 @dataclass(frozen=True)
@@ -143,16 +144,8 @@ def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    """A session that also returns the inner tensors `names` (any model size; the model is not copied)."""
+    return cpu_session(model, names)
 
 
 def token_mask(feeds: dict[str, np.ndarray]) -> np.ndarray | None:

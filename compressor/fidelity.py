@@ -11,6 +11,7 @@ import onnxruntime as ort
 from compressor.calibration import Calibration
 from compressor.capture import token_mask
 from compressor.decoder import fit_empty_caches
+from graph_passes.sessions import cpu_session
 
 
 class Session(ort.InferenceSession):
@@ -23,9 +24,8 @@ class Session(ort.InferenceSession):
 
 
 def session(model: onnx.ModelProto) -> Session:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return Session(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    """A CPU session of `model`, at any size (`graph_passes.sessions`)."""
+    return cpu_session(model, session_class=Session)
 
 
 def compare(

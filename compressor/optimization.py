@@ -19,6 +19,7 @@ import onnxruntime as ort
 from compressor.calibration import Calibration
 from compressor.progress import quiet_loggers
 from compressor.timing import interleaved, timing_options
+from graph_passes.sessions import cpu_session
 from user_errors import first_line
 
 TOLERANCE = 1e-3  # largest output difference, relative to the largest output magnitude
@@ -73,7 +74,7 @@ _FUSED_OPS = {
 
 
 def _timing_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), timing_options(0), providers=["CPUExecutionProvider"])
+    return cpu_session(model, options=timing_options(0))
 
 
 def _seq(feeds: dict[str, np.ndarray]) -> int:

@@ -23,6 +23,7 @@ from compressor.progress import Reporter
 from compressor.quantization import QUANTIZE_TYPES, quantize_int8, refuse_quantized
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
 from graph_passes.flops import matmul_flops_per_token
+from graph_passes.sessions import check_model
 from user_errors import first_line
 
 DEFAULT_GRANULARITY = ("heads", "ffn")
@@ -225,7 +226,7 @@ def split(count: int, seed: int) -> tuple[list[int], list[int]]:
 def validate(model: onnx.ModelProto, data: calib.Calibration, batch_size: int):
     """onnx.checker, an ORT session, and one run on calibration inputs with finite outputs."""
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
         session = fidelity.session(model)
         feeds = next(data.batches(list(range(min(len(data), batch_size))), batch_size))
         outputs = session.run(None, feeds)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from graph_passes.errors import UnsupportedGraphError
+from graph_passes.sessions import cpu_session
 
 # Distinct sizes for dynamic axes, chosen to be unlikely to coincide with channel sizes.
 DYNAMIC_SIZES = (3, 11, 13, 17)
@@ -123,19 +124,12 @@ def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = N
 
 
 def _probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    known = {o.name for o in exposed.graph.output}
-    for node in exposed.graph.node:
-        for name in node.output:
-            if name and name not in known:
-                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-                known.add(name)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # a failed try is expected (image sizes) and reported in one line, not logged
+    inner = [name for node in model.graph.node for name in node.output if name]
     try:
-        session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(model, inner, options)
         names = [o.name for o in session.get_outputs()]
         results = session.run(names, feeds)
     except Exception as exc:  # ORT raises several unrelated types for one cause: the graph does not run
