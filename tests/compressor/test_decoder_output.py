@@ -138,3 +138,17 @@ def test_pruning_the_hidden_stream_of_a_tied_rmsnorm_decoder_keeps_it_generating
         loaded = ORTModelForCausalLM.from_pretrained(out, provider="CPUExecutionProvider")
         tokens = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False)
     assert tokens.shape == (2, 8)
+
+
+def test_a_keep_that_leaves_uneven_kv_heads_is_refused_for_a_folder_with_nothing_written(
+    decoder_cache, calibration_text, tmp_path
+):
+    _, path = decoder_cache("llama")  # 2 KV heads in each of 2 layers: keep 3 of 4 heads -> 2 and 1
+    out = tmp_path / "small"
+    result = compress(
+        str(path), "--keep", "0.9", "--granularity", "heads", "--calib", str(calibration_text), "--out", str(out),
+        "--no-recover", "--samples", "16", "--max-length", "16", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "different KV head counts per layer" in result.stderr
+    assert not out.exists()
