@@ -13,8 +13,7 @@ import onnx
 from compressor import model_config
 from compressor.paths import CompressPaths
 from graph_passes.model_io import external_data_files
-
-PROTOBUF_LIMIT = 2**31 - 2**26  # a model larger than this (with headroom) cannot be one protobuf
+from graph_passes.sessions import fits_one_protobuf
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -40,7 +39,7 @@ def write_model(model: onnx.ModelProto, paths: CompressPaths, source: Path | Non
     if report is not None:
         companions = [(destination, _updated(destination, data, model, report)) for destination, data in companions]
     inputs_data = [] if source is None else external_data_files(onnx.load(str(source), load_external_data=False))
-    if inputs_data or model.ByteSize() > PROTOBUF_LIMIT:
+    if inputs_data or not fits_one_protobuf(model):
         _write_with_external_data(model, paths.model_file, paths.data_file)
     else:
         write_atomic(paths.model_file, model.SerializeToString())

@@ -27,8 +27,9 @@ from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
 from compressor import compress
 from compressor.errors import CompressorError
-from compressor.output import PROTOBUF_LIMIT, write_atomic
+from compressor.output import write_atomic
 from graph_passes.model_io import external_data_files
+from graph_passes.sessions import fits_one_protobuf
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def write_compressed(model: onnx.ModelProto, output: Path, source: Path) -> bool
     large for one protobuf), as compress's own output does; True when external data was written."""
     external = bool(external_data_files(onnx.load(str(source), load_external_data=False)))
     output.parent.mkdir(parents=True, exist_ok=True)
-    if external or model.ByteSize() > PROTOBUF_LIMIT:
+    if external or not fits_one_protobuf(model):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)  # onnx.save moves the weights out of the proto it is given
         onnx.save(copy, str(output), save_as_external_data=True, location=output.name + ".data")
