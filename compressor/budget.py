@@ -73,13 +73,18 @@ def allocate(analysis: GraphAnalysis, keep: float, granularity: tuple[str, ...])
         )
     target = keep * full
     kept = _uniform(analysis, matrices, groups, target)
-    kept = _fill(analysis, matrices, groups, kept, target)
+    kept = _fill(analysis, matrices, _bundles(groups), kept, target)
     achieved = parameter_count(analysis, matrices, kept) / full
     if abs(achieved - keep) > TOLERANCE:
         lowest = parameter_count(analysis, matrices, {g.name: 1 for g in groups}) / full
+        uniform = (
+            "; a decoder keeps the same number of KV heads in every layer"
+            if any(len(b) > 1 for b in _bundles(groups))
+            else ""
+        )
         raise BudgetError(
             f"--keep {keep} cannot be reached by pruning {'+'.join(granularity)} (it reaches {achieved:.3f}; "
-            f"the least it can keep is {lowest:.3f}); add granularities, e.g. --granularity heads,ffn"
+            f"the least it can keep is {lowest:.3f}{uniform}); add granularities, e.g. --granularity heads,ffn"
         )
     return kept
 
@@ -99,21 +104,31 @@ def _uniform(analysis, matrices, groups, target: float) -> dict[str, int]:
     return _counts(groups, low)
 
 
-def _fill(analysis, matrices, groups, kept: dict[str, int], target: float) -> dict[str, int]:
-    """Move single units (+1 or -1) while that brings the total closer to the target; among equal moves, grow the
-    least-kept group or shrink the most-kept one, so groups of one kind stay even."""
+def _bundles(groups) -> list[list]:
+    """Groups that move together: the heads groups that resize a KV cache (a decoder's) form one bundle, so that every
+    layer keeps the same number of KV heads, as ONNX Runtime's and optimum's cache layouts assume; every other group
+    moves alone."""
+    cached = [g for g in groups if g.kind == "heads" and g.cache and len({h.units for h in groups if h.cache}) == 1]
+    return ([cached] if cached else []) + [[g] for g in groups if g not in cached]
+
+
+def _fill(analysis, matrices, bundles, kept: dict[str, int], target: float) -> dict[str, int]:
+    """Move single units (+1 or -1, in every group of a bundle at once) while that brings the total closer to the
+    target; among equal moves, grow the least-kept group or shrink the most-kept one, so groups of one kind stay
+    even."""
     kept = dict(kept)
     distance = abs(parameter_count(analysis, matrices, kept) - target)
     while True:
         moves = []
-        for group in groups:
+        for bundle in bundles:
+            first = bundle[0]
             for step in (1, -1):
-                count = kept[group.name] + step
-                if 1 <= count <= group.units:
-                    trial = {**kept, group.name: count}
-                    evenness = count / group.units if step > 0 else 1 - count / group.units
+                count = kept[first.name] + step
+                if 1 <= count <= first.units:
+                    trial = {**kept, **{group.name: count for group in bundle}}
+                    evenness = count / first.units if step > 0 else 1 - count / first.units
                     moves.append(
-                        (abs(parameter_count(analysis, matrices, trial) - target), evenness, group.name, trial)
+                        (abs(parameter_count(analysis, matrices, trial) - target), evenness, first.name, trial)
                     )
         best = min(moves, key=lambda move: move[:3]) if moves else None
         if best is None or best[0] >= distance:

@@ -140,15 +140,17 @@ def test_pruning_the_hidden_stream_of_a_tied_rmsnorm_decoder_keeps_it_generating
     assert tokens.shape == (2, 8)
 
 
-def test_a_keep_that_leaves_uneven_kv_heads_is_refused_for_a_folder_with_nothing_written(
+def test_kv_heads_move_in_every_layer_together_so_an_uneven_keep_is_refused_before_any_work(
     decoder_cache, calibration_text, tmp_path
 ):
-    _, path = decoder_cache("llama")  # 2 KV heads in each of 2 layers: keep 3 of 4 heads -> 2 and 1
+    """2 KV heads in each of 2 layers: keep 0.9 of the heads alone would need 2 and 1; the budget moves a decoder's
+    KV heads in every layer at once (2 and 2, or 1 and 1), so it is out of reach: one line, nothing written."""
+    _, path = decoder_cache("llama")
     out = tmp_path / "small"
     result = compress(
         str(path), "--keep", "0.9", "--granularity", "heads", "--calib", str(calibration_text), "--out", str(out),
         "--no-recover", "--samples", "16", "--max-length", "16", "--quiet",
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "different KV head counts per layer" in result.stderr
-    assert not out.exists()
+    assert result.stderr.count("\n") == 1 and "cannot be reached by pruning heads" in result.stderr
+    assert "same number of KV heads in every layer" in result.stderr and not out.exists()
