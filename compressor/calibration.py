@@ -19,6 +19,8 @@ import onnx
 
 from compressor.decoder import DecoderSignature, detect
 from compressor.errors import CalibrationError, CalibrationMismatchError
+from compressor.images import read_image_folder
+from graph_passes.shape_probe import image_sizes
 from user_errors import first_line
 
 TEXT_COLUMN_PAIRS = [
@@ -139,6 +141,8 @@ def load_calibration(
     The whole file is checked before any row is drawn: every row has the text and label columns, every label is a
     finite number. A text file with more than `samples` rows gives `samples` of them, drawn with `seed`; an .npz
     its first ones. A decoder's samples are sequences of `max_length` tokens cut from the whole text."""
+    if path.is_dir():
+        return _from_image_folder(path, model, tokenizer_path, samples, seed)
     if not path.is_file():
         raise CalibrationError(f"calibration file {path} does not exist")
     inputs = model_inputs(model)
@@ -548,3 +552,24 @@ def _index_bounds(model: onnx.ModelProto, vocab: int | None) -> dict[str, int]:
     if vocab is not None and "input_ids" in bounds:
         bounds["input_ids"] = min(bounds["input_ids"], vocab)
     return bounds
+
+
+def _from_image_folder(path: Path, model: onnx.ModelProto, folder: Path | None, samples: int, seed: int) -> Calibration:
+    """An image model's samples from a folder of images (`compressor.images`), at the graph's image size."""
+    inputs = model_inputs(model)
+    if len(inputs) != 1 or inputs[0].rank != 4 or not np.issubdtype(inputs[0].dtype, np.floating):
+        raise CalibrationError(
+            f"{path} is a folder: folders of images calibrate image models (one pixel input); give a calibration file"
+        )
+    pixels, labels = read_image_folder(path, folder, _image_size(model, inputs[0].name), samples, seed)
+    return Calibration(inputs, arrays={inputs[0].name: pixels.astype(inputs[0].dtype)}, labels=labels, source=str(path))
+
+
+def _image_size(model: onnx.ModelProto, name: str) -> int:
+    """The square image size: fixed in the graph's input, else the most plausible one the graph implies."""
+    dims = next(v.type.tensor_type.shape.dim for v in model.graph.input if v.name == name)
+    fixed = [d.dim_value for d in dims[2:] if d.HasField("dim_value") and d.dim_value > 0]
+    sizes = fixed or image_sizes(model)
+    if not sizes:
+        raise CalibrationError(f"the graph does not tell the image size of {name!r}; give .npz calibration instead")
+    return sizes[0]

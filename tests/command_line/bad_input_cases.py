@@ -166,6 +166,12 @@ CASES = [
         _external_data_as("b.onnx.data"),
     ),
     # calibration files
+    Case(
+        "calib-folder-for-text",
+        "a folder as `--calib` for a text model",
+        (*RUN, "--calib", "{t}"),
+        "is a folder: folders of images calibrate image models",
+    ),
     Case("calib-missing", "a `--calib` file that does not exist", (*RUN, "--calib", "{t}/none.tsv"), "does not exist"),
     Case(
         "calib-format",
