@@ -4,8 +4,9 @@
     python -m bench.compare --model ../shared/models/minilm-sst2 \
         --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
 
-`--only edge` remeasures the edge-latency section alone (bench/edge_latency.py) and rewrites the page from the
-other sections' stored rows (bench/results/compare.json). Any model folder (model.onnx plus tokenizer) and any
+`--only edge` remeasures the edge-latency section alone (bench/edge_latency.py), `--only decoder` the decoder
+perplexity section (bench/decoder_tables.py, stories260k from ../shared), and rewrite the page from the other
+sections' stored rows (bench/results/compare.json). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
 magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
@@ -26,6 +27,7 @@ import onnx
 
 from bench import accuracy_tables, plots
 from bench.accuracy_tables import KEEPS, saved_name
+from bench.decoder_tables import decoder_markdown, decoder_rows
 from bench.deployment import Settings, run_bench
 from bench.edge_latency import edge_markdown, edge_models, edge_rows
 from bench.flops import matmul_flops_per_token
@@ -39,6 +41,7 @@ from compressor.scoring import METHODS
 from graph_passes import load_model
 
 RESULTS = Path(__file__).parent / "results"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 SEQ = 128
 BATCHES = (1, 32)
 
@@ -260,6 +263,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += targets_markdown(found)
     lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
     lines += edge_markdown(found["edge"], args.runs) if "edge" in found else []
+    lines += decoder_markdown(found["decoder"]) if "decoder" in found else []
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
     )
@@ -276,11 +280,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per model and batch size")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--only", choices=["edge"], help="remeasure one section, keep the stored rows of the others")
+    parser.add_argument("--decoder", type=Path, default=SHARED / "models" / "stories260k")
+    parser.add_argument("--stories", type=Path, default=SHARED / "data" / "tinystories" / "valid-head.txt")
+    parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
+    parser.add_argument(
+        "--only", choices=["edge", "decoder"], help="remeasure one section, keep the stored rows of the others"
+    )
     args = parser.parse_args()
     found = json.loads((RESULTS / "compare.json").read_text()) if args.only else measure_all(args)
-    with tempfile.TemporaryDirectory(prefix="mi-edge-") as folder:
-        found["edge"] = edge_rows(edge_models(args.model, args.calib, args.samples, Path(folder)), args.runs)
+    if args.only in (None, "edge"):
+        with tempfile.TemporaryDirectory(prefix="mi-edge-") as folder:
+            found["edge"] = edge_rows(edge_models(args.model, args.calib, args.samples, Path(folder)), args.runs)
+    if args.only in (None, "decoder"):
+        found["decoder"] = decoder_rows(args.decoder, args.stories, args.wikitext)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     args.out.write_text(render(args, found["machine"], found))
