@@ -41,6 +41,9 @@ def decoder_rows(model_dir: Path, stories: Path, wikitext: Path) -> list[dict]:
     """One row per (method, keep, recovery), plus the original; wikitext only for the original and `mi`."""
     with tempfile.TemporaryDirectory(prefix="mi-decoder-") as folder:
         calibration, evaluation = halves(stories, Path(folder))
+        wikitext_text = Path(folder) / "wikitext.txt"  # .raw is plain text; compress reads text as .txt
+        wikitext_text.write_bytes(wikitext.read_bytes())
+        wikitext = wikitext_text
         original = load_model(model_dir / "model.onnx")
         rows = [
             {
