@@ -197,7 +197,7 @@ def _calibration(
             "warning: no calibration data (--calib) and no tokenizer; scoring on random inputs shaped by the graph "
             "(token ids within the vocabulary, random pixels). Pass real inputs for a meaningful choice."
         )
-        return calib.from_signature(model, dict(probed), tokenizer_path, samples, max_length, seed)
+        return calib.from_signature(model, probed, tokenizer_path, samples, max_length, seed)
     if isinstance(value, (str, Path)):
         return calib.load_calibration(
             Path(value),

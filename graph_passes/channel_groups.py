@@ -13,7 +13,7 @@ from graph_passes.dims import Blocker, DimGraph
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.model_io import normalize
 from graph_passes.op_rules import RULES, LinearWeight, RuleContext, apply_rule
-from graph_passes.shape_probe import dummy_inputs, probe_values
+from graph_passes.shape_probe import ProbedValues, dummy_inputs, probe_values
 
 FLAT, UNITS, WITHIN, SECTIONS = "flat", "units", "within", "sections"
 
@@ -90,7 +90,7 @@ class GraphAnalysis:
     model: onnx.ModelProto
     groups: list[ChannelGroup]
     dims: DimGraph
-    values: dict[str, np.ndarray]
+    values: ProbedValues  # a mapping of name -> array
     static: set[str]
     unsupported: list[Blocker]
     linears: list[LinearWeight]

@@ -11,6 +11,7 @@ an axis of some initializer (the position embeddings).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, MutableMapping
 
 import numpy as np
 import onnx
@@ -100,8 +101,63 @@ def _dim_size(dim: onnx.TensorShapeProto.Dimension, axis: int, symbol_sizes: dic
     return sum(symbol_sizes[key] for key in terms)
 
 
-def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Run the model once with every node output exposed; return the value of every tensor by name.
+# Initializers up to this many bytes are converted once and kept; larger ones (the weights) on each lookup.
+CACHED_BYTES = 1 << 16
+
+
+class ProbedValues(MutableMapping):
+    """Tensor values by name: the probe's feeds and node outputs as arrays, the model's initializers read from its
+    protobuf on lookup.
+
+    Holding a numpy copy of every weight doubled the memory of a model for the whole run, while callers read few
+    weights, and most of them once. A large initializer is converted on each lookup (a fresh array, as before a copy
+    of the protobuf's bytes, never written back), so the model must not change while the values are used."""
+
+    def __init__(self, initializers: list[onnx.TensorProto], arrays: dict[str, np.ndarray]) -> None:
+        self._tensors: dict[str, onnx.TensorProto] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        for tensor in initializers:
+            if _byte_size(tensor) <= CACHED_BYTES:
+                self._arrays[tensor.name] = numpy_helper.to_array(tensor)
+            else:
+                self._tensors[tensor.name] = tensor
+        for name, value in arrays.items():
+            self[name] = value
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._arrays:
+            return self._arrays[name]
+        return numpy_helper.to_array(self._tensors[name])
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        self._tensors.pop(name, None)
+        self._arrays[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        if name in self._arrays:
+            del self._arrays[name]
+        else:
+            del self._tensors[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._arrays or name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._tensors
+        yield from self._arrays
+
+    def __len__(self) -> int:
+        return len(self._tensors) + len(self._arrays)
+
+
+def _byte_size(tensor: onnx.TensorProto) -> int:
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None) -> ProbedValues:
+    """Run the model once with every node output exposed; return the value of every tensor by name (initializers
+    read from `model` on lookup: `ProbedValues`).
 
     Without `feeds`, dummy inputs are made; a model with image inputs is tried at each plausible image size."""
     if feeds is not None:
@@ -123,7 +179,7 @@ def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = N
         ) from exc
 
 
-def _probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> ProbedValues:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # a failed try is expected (image sizes) and reported in one line, not logged
@@ -136,7 +192,6 @@ def _probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np
         raise UnsupportedGraphError(
             f"ONNX Runtime cannot run the model on dummy inputs: {exc}".splitlines()[0]
         ) from exc
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    values.update(feeds)
+    values = dict(feeds)
     values.update(zip(names, (np.asarray(r) for r in results)))
-    return values
+    return ProbedValues(list(model.graph.initializer), values)
