@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from bench.errors import BenchError
+from compressor.calibration import index_bounds
 from compressor.decoder import TOKENS, detect
 from graph_passes.model_io import external_data_files
 
@@ -31,7 +32,7 @@ def feeds(model: onnx.ModelProto, batch: int, seq: int, seed: int = 0) -> dict[s
     """One batch for every graph input; rank-1 inputs get (batch,), rank-2 (batch, seq), floats (batch, seq, ...);
     a decoder's the feeds of a prefill of `seq` tokens with empty caches."""
     initializers = {t.name for t in model.graph.initializer}
-    bounds = _index_bounds(model)
+    bounds = index_bounds(model)
     rng = np.random.default_rng(seed)
     decoder = detect(model)
     if decoder is not None:
@@ -67,17 +68,6 @@ def _size(name: str, axis: int, dim: onnx.TensorShapeProto.Dimension, wanted: tu
         option = ("--batch", "--seq")[axis]
         raise BenchError(f"input {name!r} has a fixed size {fixed} on axis {axis}; use {option} {fixed}")
     return wanted[axis]
-
-
-def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """For inputs that index a table (Gather from an initializer), the number of rows they may index."""
-    tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
-    bounds: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in tables:
-            index = node.input[1]
-            bounds[index] = min(bounds.get(index, tables[node.input[0]]), tables[node.input[0]])
-    return bounds
 
 
 def parameter_count(model: onnx.ModelProto) -> int:

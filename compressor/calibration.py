@@ -509,7 +509,7 @@ def from_signature(
     sequences of `max_length` (at most 64) positions. Keeps `compress` usable; no substitute for real data."""
     rng = np.random.default_rng(seed)
     length = min(max_length, 64)
-    bounds = _index_bounds(model, _config_vocab(folder))
+    bounds = index_bounds(model, _config_vocab(folder))
     arrays = {}
     for item in model_inputs(model):
         shape = [samples, *probed[item.name].shape[1:]]
@@ -539,7 +539,7 @@ def _config_vocab(folder: Path | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _index_bounds(model: onnx.ModelProto, vocab: int | None) -> dict[str, int]:
+def index_bounds(model: onnx.ModelProto, vocab: int | None = None) -> dict[str, int]:
     """For inputs that index a table (Gather from an initializer): how many rows they may index."""
     tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
     graph_inputs = {v.name for v in model.graph.input}
