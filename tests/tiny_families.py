@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from tiny_models import randomize_norms
 
 FAMILIES = ("modernbert", "albert", "deberta", "vit")
 VOCAB = 120
@@ -71,19 +72,8 @@ def build(family: str, seed: int = 0) -> torch.nn.Module:
         else transformers.AutoModelForSequenceClassification
     )
     model = auto.from_config(config(family))
-    _randomize_norms(model)
+    randomize_norms(model)
     return model.eval()
-
-
-def _randomize_norms(model: torch.nn.Module) -> None:
-    """Fresh norms are all ones and zeros; random ones make slicing errors visible."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            with torch.no_grad():
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                if module.bias is not None:
-                    module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
 
 
 def sample_inputs(family: str, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:

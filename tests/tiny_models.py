@@ -44,18 +44,19 @@ def build(spec: Spec) -> torch.nn.Module:
         )
     auto = transformers.AutoModelForSequenceClassification if spec.head == "classifier" else transformers.AutoModel
     model = auto.from_config(config)
-    _randomize_norms(model)
+    randomize_norms(model)
     return model.eval()
 
 
-def _randomize_norms(model: torch.nn.Module) -> None:
+def randomize_norms(model: torch.nn.Module) -> None:
     """Fresh LayerNorms are all ones and zeros; random ones make slicing errors visible."""
     generator = torch.Generator().manual_seed(1)
     for module in model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             with torch.no_grad():
                 module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+                if module.bias is not None:  # bias-free LayerNorm (ModernBERT)
+                    module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
 
 
 def input_names(arch: str) -> list[str]:
