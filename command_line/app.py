@@ -130,7 +130,13 @@ def _label(value: str | None) -> str | None:
     return value
 
 
-ModelArg = Annotated[Path | None, typer.Argument(help="ONNX model; default: the embedded all-MiniLM-L6-v2")]
+ModelArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="ONNX model, or a folder: an optimum export (model.onnx) or an ONNX Runtime GenAI model "
+        "(genai_config.json); default: the embedded all-MiniLM-L6-v2"
+    ),
+]
 TokenizerOpt = Annotated[Path | None, typer.Option(help="tokenizer folder; default: the model's folder")]
 ColumnsOpt = Annotated[str | None, typer.Option(help="text column(s), comma separated; default: detected")]
 LabelOpt = Annotated[str | None, typer.Option(help="label column; default: 'label' when present")]
@@ -147,7 +153,12 @@ def run(
     calib: Annotated[
         Path | None, typer.Option(help="calibration data: .tsv, .csv, .jsonl or .npz; for a decoder also .txt")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="output .onnx file, or a folder; default: MODEL.keepK.onnx")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="output .onnx file, or a folder (a GenAI folder from a GenAI one); default: MODEL.keepK.onnx"
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="report path; default: beside the output")] = None,
     method: Annotated[str, typer.Option(help=f"unit scoring: {', '.join(METHODS)}")] = "mi",
     granularity: Annotated[str, typer.Option(help=f"what to prune, from {', '.join(GRANULARITIES)}")] = ",".join(
@@ -175,7 +186,11 @@ def run(
         bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is not slower")
     ] = False,
     quantize: Annotated[
-        str | None, typer.Option(help="after pruning and recovery, quantize: int8 (ONNX Runtime dynamic, per channel)")
+        str | None,
+        typer.Option(
+            help="after pruning and recovery, quantize: int8 (ONNX Runtime dynamic, per channel) or int4 "
+            "(MatMulNBits, blocks of 32, symmetric)"
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary (warnings still print)")] = False,
 ) -> None:

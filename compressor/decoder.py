@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from compressor.errors import CompressorError
-from graph_passes.cache_state import CACHE_INPUT
+from graph_passes.cache_state import CACHE_INPUT, gqa_head_sizes
 
 CACHE_OUTPUT = "present.{layer}.{kind}"
 TOKENS, MASK, POSITIONS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
@@ -76,7 +76,10 @@ def detect(model: onnx.ModelProto) -> DecoderSignature | None:
     if not cache_names:
         return None
     outputs = {v.name: v for v in model.graph.output}
-    caches = tuple(sorted((_cache_input(inputs[n], outputs) for n in cache_names), key=lambda c: (c.layer, c.kind)))
+    head_sizes = gqa_head_sizes(model)
+    caches = tuple(
+        sorted((_cache_input(inputs[n], outputs, head_sizes) for n in cache_names), key=lambda c: (c.layer, c.kind))
+    )
     layers = sorted({c.layer for c in caches})
     if layers != list(range(len(layers))) or len(caches) != 2 * len(layers):
         raise DecoderLayoutError(
@@ -94,10 +97,16 @@ def detect(model: onnx.ModelProto) -> DecoderSignature | None:
     return DecoderSignature(caches, MASK in inputs, POSITIONS in inputs, last.dim_value or None)
 
 
-def _cache_input(value: onnx.ValueInfoProto, outputs: dict[str, onnx.ValueInfoProto]) -> CacheInput:
+def _cache_input(
+    value: onnx.ValueInfoProto, outputs: dict[str, onnx.ValueInfoProto], head_sizes: dict[str, int]
+) -> CacheInput:
+    """One cache input; its head size is declared, or (the GenAI builder's symbolic `kv_cache_dim`) read from the
+    GroupQueryAttention node that reads it (`head_sizes`)."""
     match = CACHE_INPUT.fullmatch(value.name)
     dims = value.type.tensor_type.shape.dim
     concrete = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    if len(concrete) == 4 and not concrete[3]:
+        concrete[3] = head_sizes.get(value.name, 0)
     if match is None or len(dims) != 4 or not concrete[1] or not concrete[3] or concrete[2]:
         shape = "x".join(str(c or d.dim_param or "?") for c, d in zip(concrete, dims))
         raise DecoderLayoutError(

@@ -19,9 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from compressor.decoder import detect
 from compressor.errors import CompressorError
 
 CONFIG_FILE = "genai_config.json"
+ATTENTION_OPS = ("GroupQueryAttention", "MultiHeadAttention", "Attention")
 
 
 class GenAIFolderError(CompressorError):
@@ -49,6 +53,16 @@ def _decoder(config: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(decoder, dict):
         raise GenAIFolderError(f"{where} has no model.decoder section")
     return decoder
+
+
+def is_genai_folder(folder: Path | str) -> bool:
+    return (Path(folder) / CONFIG_FILE).is_file()
+
+
+def names_model(folder: Path, model: Path) -> bool:
+    """Whether `folder` is a GenAI folder whose genai_config.json names `model` as its decoder (a broken config is
+    refused by `model_path`, in one line)."""
+    return is_genai_folder(folder) and model_path(folder).resolve() == model.resolve()
 
 
 def model_path(folder: Path | str) -> Path:
@@ -97,3 +111,30 @@ def updated_config(
     if hidden is not None:
         decoder["hidden_size"] = hidden
     return result
+
+
+def rewrite(config_bytes: bytes, model: onnx.ModelProto, report: dict) -> bytes:
+    """The bytes of genai_config.json for the compressed `model`: head counts from its attention nodes (the largest
+    of any layer; the cache inputs give each layer's own KV head count, which is what ORT GenAI reads), the head size
+    of its cache, and the hidden and FFN widths from the compress `report`'s groups."""
+    config = json.loads(config_bytes.decode("utf-8"))
+    signature = detect(model)
+    if signature is None:
+        raise GenAIFolderError(f"the compressed model has no KV cache inputs; {CONFIG_FILE} cannot describe it")
+    kv_heads = max(c.heads for c in signature.caches)
+    head_sizes = {c.head_dim for c in signature.caches}
+    if len(head_sizes) > 1:
+        raise GenAIFolderError(f"the compressed decoder's cache head sizes differ ({sorted(head_sizes)})")
+    decoder = _decoder(config, CONFIG_FILE)
+    ratio = decoder.get("num_attention_heads", kv_heads) // max(1, decoder.get("num_key_value_heads", kv_heads))
+    heads = max(
+        (a.i for n in model.graph.node if n.op_type in ATTENTION_OPS for a in n.attribute if a.name == "num_heads"),
+        default=kv_heads * max(1, ratio),
+    )
+    widths: dict[str, list[int]] = {}
+    for group in report.get("groups", []):
+        widths.setdefault(group["kind"], []).append(group["units_after"])
+    hidden = widths.get("hidden", [None])[0]
+    intermediate = max(widths["ffn"]) if widths.get("ffn") else None
+    updated = updated_config(config, heads, kv_heads, head_sizes.pop(), hidden, intermediate)
+    return (json.dumps(updated, indent=4) + "\n").encode()

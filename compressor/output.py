@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from compressor import model_config
+from compressor import genai_folder, model_config
 from compressor.paths import CompressPaths
 from graph_passes.model_io import external_data_files
 from graph_passes.sessions import fits_one_protobuf
@@ -30,8 +30,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_model(model: onnx.ModelProto, paths: CompressPaths, source: Path | None, report: dict | None = None) -> None:
     """Write the model; into a folder output also copy the source's config and tokenizer files, with config.json
-    rewritten to a compressed decoder's architecture (`model_config`; given its `report`). A decoder that config.json
-    cannot describe is refused before anything is written.
+    rewritten to a compressed decoder's architecture (`model_config`, and genai_config.json by `genai_folder`; given
+    its `report`). A decoder that config.json cannot describe is refused before anything is written.
 
     When the source keeps its weights in external data (or the model is too large for one protobuf), so does the
     output: one data file, `paths.data_file`, beside the output (checked by `plan_compress` not to be an input)."""
@@ -48,6 +48,8 @@ def write_model(model: onnx.ModelProto, paths: CompressPaths, source: Path | Non
 
 
 def _updated(destination: Path, data: bytes, model: onnx.ModelProto, report: dict) -> bytes:
+    if destination.name == genai_folder.CONFIG_FILE:
+        return genai_folder.rewrite(data, model, report)
     if destination.name != model_config.CONFIG_FILE:
         return data
     return model_config.rewrite(data, model, report) or data

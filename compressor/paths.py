@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from compressor import genai_folder
 from compressor.errors import OutputPathError
 from graph_passes import NotOnnxError
 from graph_passes.model_io import external_data_files
@@ -54,9 +55,12 @@ class CompressPaths:
 
 
 def model_file(path: Path) -> Path:
-    """The model a path names: the file itself, or `model.onnx` inside a folder (an optimum export folder)."""
+    """The model a path names: the file itself, the decoder file named by a folder's genai_config.json (an ONNX
+    Runtime GenAI folder), or `model.onnx` inside a folder (an optimum export folder)."""
     if not path.is_dir():
         return path
+    if genai_folder.is_genai_folder(path):
+        return genai_folder.model_path(path)
     if (path / MODEL_FILE).is_file():
         return path / MODEL_FILE
     found = sorted(p.name for p in path.glob("*.onnx"))
@@ -79,24 +83,34 @@ def model_inputs(model: Path) -> list[Named]:
 def tokenizer_inputs(folder: Path | None) -> list[Named]:
     if folder is None or not folder.is_dir():
         return []
-    return [Named("a tokenizer file", folder / name) for name in COMPANION_FILES if (folder / name).is_file()]
+    names = COMPANION_FILES + ((genai_folder.CONFIG_FILE,) if genai_folder.is_genai_folder(folder) else ())
+    return [Named("a tokenizer file", folder / name) for name in names if (folder / name).is_file()]
 
 
 def plan_compress(
     model: Path, out: Path | None, report: Path | None, keep: float, inputs: list[Named]
 ) -> CompressPaths:
     """The outputs of `compress MODEL`: `out` is an .onnx file, or a folder that receives model.onnx (and then the
-    source's config and tokenizer files); by default MODEL.keepK.onnx beside the input."""
+    source's config and tokenizer files); by default MODEL.keepK.onnx beside the input. The folder output of an ONNX
+    Runtime GenAI folder's decoder is a GenAI folder: the model under the file name genai_config.json gives, its
+    external data under the input's data file name, and every other file of the input folder copied
+    (genai_config.json rewritten by `output`)."""
     out = out or model.with_name(f"{model.stem}.keep{keep:g}.onnx")
     as_file = out.suffix == ".onnx"
-    target = out if as_file else out / MODEL_FILE
+    genai = not as_file and genai_folder.names_model(model.parent, model)
+    target = out if as_file else out / (model.name if genai else MODEL_FILE)
     report = report or (out.with_suffix(".report.json") if as_file else out / "report.json")
+    data_file = target.with_name(f"{target.name}.data")
     companions: tuple[tuple[Path, Path], ...] = ()
-    if not as_file and not _same(out, model.parent):
+    if genai:
+        data_files = [n.path for n in model_inputs(model)[1:]]
+        data_file = out / data_files[0].name if len(data_files) == 1 else data_file
+        companions = _genai_companions(model, {model, *data_files}, out, report)
+    elif not as_file and not _same(out, model.parent):
         companions = tuple(
             (model.parent / name, out / name) for name in COMPANION_FILES if (model.parent / name).is_file()
         )
-    paths = CompressPaths(target, target.with_name(f"{target.name}.data"), report, companions)
+    paths = CompressPaths(target, data_file, report, companions)
     outputs = [
         Named("--out", target),
         Named("the output's external data", paths.data_file),
@@ -105,6 +119,19 @@ def plan_compress(
     ]
     check_outputs(outputs, inputs)
     return paths
+
+
+def _genai_companions(model: Path, sources: set[Path], out: Path, report: Path) -> tuple[tuple[Path, Path], ...]:
+    """Every top-level file of a GenAI folder but the model and its data (and a previous report where the new one
+    goes): tokenizer, genai_config.json, chat templates, processor configs."""
+    if _same(out, model.parent):
+        return ()
+    files = sorted(p for p in model.parent.iterdir() if p.is_file() and not p.name.startswith("."))
+    return tuple(
+        (path, out / path.name)
+        for path in files
+        if not any(_same(path, source) for source in sources) and not _same(out / path.name, report)
+    )
 
 
 def check_outputs(outputs: list[Named], inputs: list[Named]) -> None:

@@ -20,7 +20,7 @@ from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
 from compressor.progress import Reporter
-from compressor.quantization import QUANTIZE_TYPES, quantize_int8, refuse_quantized
+from compressor.quantization import QUANTIZE_TYPES, quantize as quantized, refuse_quantized, whole_blocks
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.sessions import check_model
@@ -73,9 +73,10 @@ def compress(
     pruned units are refit by least squares on the calibration activations (`compressor.recovery`), fed with the
     original model's activations or, with `refit_inputs="pruned"`, the pruned model's. `optimize` then applies ONNX
     Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
-    `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel); the report gives the fidelity of
-    the float and of the quantized model. `seed` draws the calibration rows from a file that has more than `samples`
-    (and the synthetic fallback's), splits off the held-out samples and seeds `method="random"`.
+    `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel), `quantize="int4"` to MatMulNBits
+    (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
+    draws the calibration rows from a file that has more than `samples` (and the synthetic fallback's), splits off
+    the held-out samples and seeds `method="random"`.
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -119,7 +120,7 @@ def compress(
         with reporter.stage("capturing activations", len(scored)) as advance:
             stats = capture(analysis, data, data.by_length(scored), batch_size, advance)
     start = timer.stage("capture", start)
-    masks = scoring.choose_masks(method, analysis, counts, stats, seed)
+    masks = whole_blocks(analysis, scoring.choose_masks(method, analysis, counts, stats, seed))  # int4 inputs
     start = timer.stage("scoring", start)
     pruned = apply_masks(analysis, masks)
     start = timer.stage("prune", start)
@@ -146,8 +147,7 @@ def compress(
         start = timer.stage("optimize", start)
     float_model, quantization = pruned, None
     if quantize is not None:
-        pruned = quantize_int8(float_model)
-        quantization = {"type": quantize, "weights": "int8 per output channel", "activations": "uint8, dynamic"}
+        pruned, quantization = quantized(float_model, quantize)
         quantization["fidelity"] = fidelity.compare(
             original_session, validate(pruned, data, batch_size), data, held_out, batch_size
         )

@@ -59,8 +59,25 @@ def _from_files(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Operators ONNX Runtime registers in the default ONNX domain although ONNX has no such schema (its own fusions and
+# the GenAI model builder emit them there): onnx.checker would refuse them, so it checks them as contrib operators.
+ORT_DEFAULT_DOMAIN_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+
 def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker at any size (a model over the protobuf limit is checked from a temporary file)."""
+    """onnx.checker at any size (a model over the protobuf limit is checked from a temporary file), accepting the
+    operators ONNX Runtime adds to the ONNX domain (`ORT_DEFAULT_DOMAIN_OPS`)."""
+    moved = [n for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type in ORT_DEFAULT_DOMAIN_OPS]
+    for node in moved:
+        node.domain = "com.microsoft"
+    try:
+        _check(model)
+    finally:
+        for node in moved:
+            node.domain = ""
+
+
+def _check(model: onnx.ModelProto) -> None:
     if fits_one_protobuf(model):
         onnx.checker.check_model(model)
         return

@@ -69,6 +69,23 @@ def _tokenizer_copy(folder: Path) -> None:
         (folder / "tok" / name).write_bytes((folder.parent / "m" / name).read_bytes())
 
 
+GENAI_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "genai" / "llama-gqa-fp32"
+
+
+def _genai_folder(config: Callable[[dict], object]) -> Callable[[Path], None]:
+    """g/: a copy of a GenAI builder folder (model, tokenizer) whose genai_config.json is `config`(parsed original)."""
+
+    def make(folder: Path) -> None:
+        (folder / "g").mkdir()
+        for name in ("model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"):
+            (folder / "g" / name).write_bytes((GENAI_FIXTURE / name).read_bytes())
+        parsed = json.loads((GENAI_FIXTURE / "genai_config.json").read_text())
+        written = config(parsed)
+        (folder / "g" / "genai_config.json").write_text(written if isinstance(written, str) else json.dumps(written))
+
+    return make
+
+
 def _no_groups_model(folder: Path) -> None:
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])
@@ -97,7 +114,7 @@ CASES = [
     # options that name things
     Case("method", "`--method best`", (*RUN, *CALIB, "--method", "best"), "unknown --method 'best'"),
     Case("refit-inputs", "`--refit-inputs both`", (*RUN, *CALIB, "--refit-inputs", "both"), "unknown --refit-inputs"),
-    Case("quantize", "`--quantize int4` (encoders)", (*RUN, *CALIB, "--quantize", "int4"), "unknown --quantize 'int4'"),
+    Case("quantize", "`--quantize int2`", (*RUN, *CALIB, "--quantize", "int2"), "unknown --quantize 'int2'"),
     Case("granularity", "`--granularity layers`", (*RUN, *CALIB, "--granularity", "layers"), "unknown granularity"),
     Case(
         "unreachable",
@@ -331,6 +348,34 @@ CASES = [
         _copy_model("x.onnx", lambda b: b[: len(b) // 2]),
     ),
     Case("model-folder", "a folder without model.onnx", ("{t}",), "is a folder without model.onnx"),
+    Case(
+        "genai-missing-model",
+        "a GenAI folder whose genai_config.json names a model file that is not there",
+        ("{t}/g", "--keep", "0.5"),
+        "names model file 'decoder.onnx', which is not in",
+        _genai_folder(lambda c: c["model"]["decoder"].update(filename="decoder.onnx") or c),
+    ),
+    Case(
+        "genai-config-json",
+        "a GenAI folder whose genai_config.json is not JSON",
+        ("{t}/g", "--keep", "0.5"),
+        "genai_config.json is not valid JSON",
+        _genai_folder(lambda c: "{model"),
+    ),
+    Case(
+        "genai-no-decoder",
+        "a genai_config.json without a `model.decoder` section",
+        ("{t}/g", "--keep", "0.5"),
+        "genai_config.json has no model.decoder section",
+        _genai_folder(lambda c: {"model": {"type": "llama"}}),
+    ),
+    Case(
+        "genai-out-is-input",
+        "a GenAI folder compressed into itself (`--out` the input folder)",
+        ("{t}/g", "--keep", "0.5", "--out", "{t}/g"),
+        "would overwrite the input model",
+        _genai_folder(lambda c: c),
+    ),
     Case(
         "model-nothing-prunable",
         "a graph with nothing to prune",

@@ -1,4 +1,5 @@
-"""`compress --quantize int8`: int8 after pruning and recovery, with its own fidelity; int8 input is refused."""
+"""`compress --quantize int8` / `int4`: quantized after pruning and recovery, with its own fidelity; int8 input is
+refused. (int4 on decoders and GenAI folders: tests/compressor/test_genai_compress.py.)"""
 
 from __future__ import annotations
 
@@ -50,8 +51,28 @@ def test_an_int8_model_is_refused_before_pruning(tiny_folder, tmp_path):
     line = _one_line(again)
     assert line.startswith("error: the model is already quantized") and "compress the float model, then" in line
     assert not (tmp_path / "r").exists()
-    wrong = compress(str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--quantize", "int4")
-    assert "unknown --quantize 'int4'; choose from int8" in _one_line(wrong)
+    wrong = compress(str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--quantize", "int2")
+    assert "unknown --quantize 'int2'; choose from int8, int4" in _one_line(wrong)
+
+
+def test_quantize_int4_turns_every_weight_matrix_into_int4_blocks(tiny_folder, tmp_path):
+    calib = str(tiny_folder / "calib.tsv")
+    run = compress(
+        str(tiny_folder / "model.onnx"), "--keep", "0.5", "--calib", calib, "--out", str(tmp_path / "q"),
+        "--quantize", "int4",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "int4: mean cosine" in run.stdout
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    quantization = report["quantization"]
+    assert (quantization["block_size"], quantization["symmetric"], quantization["accuracy_level"]) == (32, True, 4)
+    assert 0.9 < quantization["fidelity"]["mean_cosine"] <= 1.0 + 1e-9
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "MatMul" not in ops or all(
+        n.input[1] not in {t.name for t in model.graph.initializer} for n in model.graph.node if n.op_type == "MatMul"
+    )
+    assert ops.count("MatMulNBits") == quantization["matmul_nbits_nodes"] > 0
 
 
 def _one_line(run: subprocess.CompletedProcess) -> str:
