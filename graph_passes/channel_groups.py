@@ -13,6 +13,7 @@ from graph_passes.dims import Blocker, DimGraph
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.model_io import normalize
 from graph_passes.op_rules import RULES, LinearWeight, RuleContext, apply_rule
+from graph_passes.shape_arithmetic import track
 from graph_passes.shape_probe import ProbedValues, dummy_inputs, probe_values
 
 FLAT, UNITS, WITHIN, SECTIONS = "flat", "units", "within", "sections"
@@ -140,6 +141,7 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
             unsupported.append(Blocker(node.name, node.op_type, f"no pruning rule for operator {node.op_type}"))
         if all(name in values for name in node.output if name):
             apply_rule(node, ctx)
+            track(node, ctx)
     ctx.dims.settle()
     groups = _collect_groups(model, ctx)
     return GraphAnalysis(model, groups, ctx.dims, values, static, unsupported, ctx.linears)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from graph_passes.shape_arithmetic import Quotient
+
 
 @dataclass(frozen=True)
 class Blocker:
@@ -49,6 +51,8 @@ class DimGraph:
     packers: dict[int, tuple[str, str]] = field(default_factory=dict)  # sections flat -> (node, op type) making it
     blockers: dict[int, list[Blocker]] = field(default_factory=dict)
     quantized: list[tuple[int, int, str]] = field(default_factory=list)  # (dim, block size, node): K of MatMulNBits
+    quotients: list[Quotient] = field(default_factory=list)  # run-time sizes divided by a constant
+    spelled: list[tuple[int, int]] = field(default_factory=list)  # (node index, dim): a Div whose divisor is a size
 
     def new(self, size: int) -> int:
         self.parent.append(len(self.parent))
@@ -106,6 +110,8 @@ class DimGraph:
         Then pieces that tile their axis become sections, and an axis (k, inner) whose k is split into single
         entries (a fused Q, K, V reshaped to (3, heads, head_dim) and split) becomes k sections of inner."""
         self._settle_factors()
+        self._resolve_quotients()
+        self._settle_factors()
         self._sections_from_pieces()
         self._unroll_split_factors()
         self._block_factors_of_blocked_flats()
@@ -134,6 +140,24 @@ class DimGraph:
                 by_parts.setdefault((o, i), f)
             self.factors = [(self.find(f), self.find(o), self.find(i)) for f, o, i in self.factors]
         self.factors = sorted(set(self.factors))
+
+    def _resolve_quotients(self) -> None:
+        """size(flat) // constant, where flat factors as (outer, inner): the constant spells the factor of its size
+        (the inner one first, as in `batch x heads // heads`), which the slicer rewrites when that factor is
+        pruned, and the quotient is the other factor, to which its users are tied. A quotient that divides no
+        factorization out blocks its users."""
+        for quotient in self.quotients:
+            factors = self.factorization(quotient.flat)
+            if factors is None or quotient.divisor not in (self.size[factors[1]], self.size[factors[0]]):
+                reason = "a size computed by dividing by a constant that is no factor of it"
+                for user in quotient.users:
+                    self.block(user, Blocker(quotient.node, "Div", reason))
+                continue
+            outer, inner = factors
+            spelled, result = (inner, outer) if self.size[inner] == quotient.divisor else (outer, inner)
+            self.spelled.append((quotient.index, spelled))
+            for user in quotient.users:
+                self.union(user, result)
 
     def _block_factors_of_blocked_flats(self) -> None:
         """What blocks a flat axis blocks its factors: heads merged with the batch (DeBERTa's (batch x heads, ...)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from graph_passes.dims import Blocker, DimGraph, Piece
+from graph_passes.shape_arithmetic import Entry, Quotient, Size, entries
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RuleContext:
     static: set[str]
     tags: list[tuple[str, int, str]] = field(default_factory=list)
     linears: list[LinearWeight] = field(default_factory=list)
+    sizes: dict[str, list[Entry]] = field(default_factory=dict)  # what shape arithmetic spells (shape_arithmetic)
     node_index: int = 0
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -504,15 +506,67 @@ def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Expand: kept axes are tied; an axis stretched to a size computed at run time from another axis is that
+    axis; one stretched to a constant size cannot follow a pruned axis."""
     data, out = node.input[0], node.output[0]
     src, dst = ctx.shape(data), ctx.shape(out)
     offset = len(dst) - len(src)
+    spelled = entries(ctx, node.input[1]) or []
+    spelled = [None] * (len(dst) - len(spelled)) + spelled
     for axis in range(len(dst)):
         k = axis - offset
         if k >= 0 and src[k] == dst[axis]:
             ctx.tie(data, k, out, axis)
-        else:
+        elif not _follows(ctx, ctx.dim(out, axis), spelled[axis]):
             ctx.block(out, axis, node, "its shape input spells this axis's size")
+
+
+def _follows(ctx: RuleContext, dim: int, entry: Entry) -> bool:
+    """Tie `dim` to the run-time size `entry` spells, when it spells one (a quotient ties once it is resolved)."""
+    if isinstance(entry, Size):
+        ctx.dims.union(dim, entry.dim)
+    elif isinstance(entry, Quotient):
+        entry.users.append(dim)
+        if entry not in ctx.dims.quotients:
+            ctx.dims.quotients.append(entry)
+    return isinstance(entry, Size | Quotient)
+
+
+def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Tile: an axis repeated r times is (r, the input's axis), row-major, as a Reshape would split it; r is a
+    constant or a size computed at run time (DeBERTa tiles the relative position projections, (heads, ...), to
+    the (batch x heads, ...) of its attention, with r = (batch x heads) // heads)."""
+    data, out = node.input[0], node.output[0]
+    repeats = entries(ctx, node.input[1])
+    for axis, (before, after) in enumerate(zip(ctx.shape(data), ctx.shape(out))):
+        entry = repeats[axis] if repeats else None
+        if entry == 1:
+            ctx.tie(data, axis, out, axis)
+            continue
+        repeat = ctx.dims.new(after // max(before, 1))
+        if before and (isinstance(entry, int) or _follows(ctx, repeat, entry)) and after > before:
+            ctx.dims.factor(ctx.dim(out, axis), repeat, ctx.dim(data, axis))
+        else:
+            reason = "repeats this axis a number of times computed in a way the analysis cannot follow"
+            ctx.block(data, axis, node, reason)
+            ctx.block(out, axis, node, reason)
+
+
+def gather_elements(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """GatherElements: the output has the indices' shape; along `axis` it selects entries of the data (blocked);
+    along other axes it reads the data at the same index: tied where their lengths agree, else a leading part."""
+    data, indices, out = node.input[0], node.input[1], node.output[0]
+    rank = len(ctx.shape(data))
+    axis = _attr(node, "axis", 0) % rank
+    for k in range(rank):
+        ctx.tie(indices, k, out, k)
+        if k == axis:
+            ctx.block(data, k, node, "selects entries along this axis")
+        elif ctx.shape(data)[k] == ctx.shape(out)[k]:
+            ctx.tie(data, k, out, k)
+        else:
+            ctx.block(data, k, node, "reads a leading part of this axis")
+            ctx.block(out, k, node, "reads a leading part of this axis")
 
 
 def conv(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -574,6 +628,8 @@ RULES: dict[str, Rule] = {
     "Gemm": gemm,
     "MatMulNBits": matmul_nbits,
     "Gather": gather,
+    "GatherElements": gather_elements,
+    "Tile": tile,
     "GatherBlockQuantized": gather_block_quantized,
     "Transpose": transpose,
     "Expand": expand,

@@ -26,6 +26,7 @@ def apply_masks(
     model.CopyFrom(analysis.model)
     if plan:
         _slice_initializers(model, analysis, plan)
+        _rewrite_divisors(model, analysis, plan)  # by node index: before any pass inserts nodes
         _rewrite_reshapes(model, analysis, plan)
         _rewrite_head_counts(model, analysis, plan)
         _rewrite_split_sizes(model, analysis, plan)
@@ -331,6 +332,21 @@ def _rewrite_split_sizes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: 
         ]
         name = f"{node.input[1]}__pruned_{node.name or node.output[0]}"
         model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+        node.input[1] = name
+
+
+def _rewrite_divisors(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """A Div of a run-time size by a constant that spells a pruned factor of it (`batch x heads // heads`) gets its
+    own constant: the factor's kept size."""
+    dims = analysis.dims
+    for index, dim in dims.spelled:
+        kept = plan.get(dims.find(dim))
+        if kept is None:
+            continue
+        node = model.graph.node[index]
+        old = analysis.values[node.input[1]]
+        name = f"{node.input[1]}__pruned_{node.name or node.output[0]}"
+        model.graph.initializer.append(numpy_helper.from_array(np.full_like(old, len(kept)), name))
         node.input[1] = name
 
 

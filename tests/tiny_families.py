@@ -1,5 +1,5 @@
-"""Tiny random encoders of the families beyond BERT (ModernBERT, ALBERT, DeBERTa-v2, ViT), built from transformers
-configs and exported by optimum; each has a structure the channel analysis must understand."""
+"""Tiny random encoders of the families beyond BERT (ModernBERT, ALBERT, DeBERTa-v2 and v3, ViT), built from
+transformers configs and exported by optimum; each has a structure the channel analysis must understand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import transformers
 from tiny_models import randomize_norms
 
-FAMILIES = ("modernbert", "albert", "deberta", "vit")
+FAMILIES = ("modernbert", "albert", "deberta", "deberta-v3", "vit")
 VOCAB = 120
 IMAGE = 32
 
@@ -51,6 +51,22 @@ def config(family: str) -> transformers.PretrainedConfig:
             num_hidden_layers=2,
             max_position_embeddings=80,
             relative_attention=True,
+            position_buckets=16,
+            max_relative_positions=32,
+            pos_att_type=["p2c", "c2p"],
+            type_vocab_size=0,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            **common,
+        )
+    if family == "deberta-v3":  # the content key/query projections also project the relative positions
+        return transformers.DebertaV2Config(
+            vocab_size=VOCAB,
+            num_hidden_layers=2,
+            max_position_embeddings=80,
+            relative_attention=True,
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
             position_buckets=16,
             max_relative_positions=32,
             pos_att_type=["p2c", "c2p"],

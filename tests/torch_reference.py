@@ -88,6 +88,9 @@ def _prune_heads(model: torch.nn.Module, layer: torch.nn.Module, index: int, mas
     if hasattr(layer, "attn"):
         _prune_packed_heads(layer.attn, mask)
         return
+    if hasattr(getattr(layer.attention, "self", None), "query_proj"):
+        _prune_disentangled_heads(layer.attention, mask)
+        return
     if hasattr(model, "prune_heads"):
         model.prune_heads({index: dropped})
         return
@@ -108,6 +111,20 @@ def _prune_packed_heads(attention: torch.nn.Module, mask: np.ndarray) -> None:
     slice_linear(attention.Wo, torch.from_numpy(keep), "in")
     attention.num_heads = int(mask.sum())
     attention.all_head_size = attention.num_heads * width
+
+
+def _prune_disentangled_heads(attention: torch.nn.Module, mask: np.ndarray) -> None:
+    """DeBERTa-v2/v3: the content projections and the relative position projections (`pos_key_proj`,
+    `pos_query_proj`, absent when the content ones are shared with the positions) keep the same heads."""
+    self_attention = attention.self
+    width = self_attention.attention_head_size
+    keep = torch.from_numpy((np.flatnonzero(mask)[:, None] * width + np.arange(width)).reshape(-1))
+    for name in ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj"):
+        if hasattr(self_attention, name):
+            slice_linear(getattr(self_attention, name), keep, "out")
+    slice_linear(attention.output.dense, keep, "in")
+    self_attention.num_attention_heads = int(mask.sum())
+    self_attention.all_head_size = self_attention.num_attention_heads * width
 
 
 def _prune_hidden(model: torch.nn.Module, keep: torch.Tensor) -> None:

@@ -44,7 +44,9 @@ def feeds_for(family: str):
     return [tiny_families.sample_inputs(family, batch, seq, seed=batch) for batch, seq in SHAPES]
 
 
-@pytest.mark.parametrize("family,heads,ffn", [("modernbert", 3, 3), ("albert", 1, 1), ("vit", 2, 2), ("deberta", 0, 2)])
+@pytest.mark.parametrize(
+    "family,heads,ffn", [("modernbert", 3, 3), ("albert", 1, 1), ("vit", 2, 2), ("deberta", 2, 2), ("deberta-v3", 2, 2)]
+)
 def test_family_has_prunable_heads_and_ffn_per_layer(family_cache, family, heads, ffn):
     _, path = family_cache(family)
     analysis = analyze(load_model(path))
@@ -95,10 +97,26 @@ def test_image_inputs_are_probed_at_the_size_the_graph_tells(family_cache):
     assert analysis.group("hidden").prunable
 
 
-def test_heads_merged_with_the_batch_are_blocked_by_what_blocks_the_merged_axis(family_cache):
-    """DeBERTa-v2 lays attention out as (batch x heads, ...) and tiles the relative position projections to it,
-    with the head count spelled as a constant divisor; until that is rewritten its heads must stay whole."""
+def test_relative_position_projections_shrink_with_their_heads(family_cache):
+    """DeBERTa-v2 lays attention out as (batch x heads, ...) and tiles the relative position projections,
+    (heads, ...), to it, repeating them (batch x heads) // heads times: pos_key_proj and pos_query_proj write the
+    heads of their layer, and the divisor (the head count) is rewritten, so the batch stays the batch."""
     _, path = family_cache("deberta")
     analysis = analyze(load_model(path))
-    blockers = {b.op_type for g in analysis.by_kind("heads") for b in g.blockers}
-    assert "Tile" in blockers and not any(g.prunable for g in analysis.by_kind("heads"))
+    for layer, group in enumerate(analysis.by_kind("heads")):
+        biases = {m.tensor for m in group.params if m.tensor.endswith("proj.bias")}
+        projections = ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj")
+        assert biases == {f"deberta.encoder.layer.{layer}.attention.self.{name}.bias" for name in projections}
+        assert len(group.writers) == 5
+    divisors = [analysis.model.graph.node[index] for index, _ in analysis.dims.spelled]
+    assert divisors and {node.op_type for node in divisors} == {"Div"}
+    assert all(analysis.values[node.input[1]] == 4 for node in divisors)
+
+
+def test_projections_shared_by_content_and_positions_are_one_weight_applied_twice(family_cache):
+    """DeBERTa-v3 (share_att_key) projects the relative positions with the content key and query projections: one
+    head group per layer, whose key and query weights each have two uses."""
+    _, path = family_cache("deberta-v3")
+    analysis = analyze(load_model(path))
+    for group in analysis.by_kind("heads"):
+        assert sorted(len(analysis.uses(w)) for w in group.writers) == [1, 2, 2]
