@@ -5,7 +5,8 @@
         --calib ../shared/data/sst2/train.tsv --data ../shared/data/sst2/dev.tsv --out BENCHMARKS.md
 
 `--only edge` remeasures the edge-latency section alone (bench/edge_latency.py), `--only decoder` the decoder
-perplexity section (bench/decoder_tables.py, stories260k from ../shared), and rewrite the page from the other
+perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--only decoder-speed` the speed of a
+150M random-weight Llama before and after compress (bench/decoder_speed.py), and rewrite the page from the other
 sections' stored rows (bench/results/compare.json). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
@@ -27,6 +28,8 @@ import onnx
 
 from bench import accuracy_tables, plots
 from bench.accuracy_tables import KEEPS, saved_name
+from bench.decoder_speed import measure as decoder_speed_rows
+from bench.decoder_speed import speed_markdown as decoder_speed_markdown
 from bench.decoder_tables import decoder_markdown, decoder_rows
 from bench.deployment import Settings, run_bench
 from bench.edge_latency import edge_markdown, edge_models, edge_rows
@@ -264,6 +267,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
     lines += edge_markdown(found["edge"], args.runs) if "edge" in found else []
     lines += decoder_markdown(found["decoder"]) if "decoder" in found else []
+    lines += decoder_speed_markdown(found["decoder_speed"]) if "decoder_speed" in found else []
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
     )
@@ -284,7 +288,9 @@ def main() -> None:
     parser.add_argument("--stories", type=Path, default=SHARED / "data" / "tinystories" / "valid-head.txt")
     parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
     parser.add_argument(
-        "--only", choices=["edge", "decoder"], help="remeasure one section, keep the stored rows of the others"
+        "--only",
+        choices=["edge", "decoder", "decoder-speed"],
+        help="remeasure one section, keep the stored rows of the others",
     )
     args = parser.parse_args()
     found = json.loads((RESULTS / "compare.json").read_text()) if args.only else measure_all(args)
@@ -293,6 +299,9 @@ def main() -> None:
             found["edge"] = edge_rows(edge_models(args.model, args.calib, args.samples, Path(folder)), args.runs)
     if args.only in (None, "decoder"):
         found["decoder"] = decoder_rows(args.decoder, args.stories, args.wikitext)
+    if args.only in (None, "decoder-speed"):
+        with tempfile.TemporaryDirectory(prefix="mi-decoder-speed-") as folder:
+            found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=10, warmup=2)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     args.out.write_text(render(args, found["machine"], found))

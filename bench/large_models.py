@@ -116,15 +116,17 @@ def _norm(g: _Graph, x: str, name: str, hidden: int) -> str:
     return g.op("LayerNormalization", [x, gamma, beta], f"{name}.out", axis=-1, epsilon=1e-12)
 
 
-def compress_cost(model: Path, keep: float, samples: int, length: int, out: Path) -> dict:
-    """Wall seconds and peak RSS (GB) of `compress MODEL --keep K` (inputs from the graph: no tokenizer, no data)."""
+def compress_cost(model: Path, keep: float, samples: int, length: int, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """Wall seconds and peak RSS (GB) of `compress MODEL --keep K` and the `extra` options (none: inputs from the
+    graph, no tokenizer, no data)."""
     command = [
         "/usr/bin/time", "-v", sys.executable, "-m", "command_line", str(model), "--keep", str(keep),
-        "--samples", str(samples), "--max-length", str(length), "--out", str(out), "--quiet", "--method", "mi",
+        "--samples", str(samples), "--max-length", str(length), "--out", str(out), "--quiet", "--method", "mi", *extra,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr.strip().splitlines()[-1])
+    if result.returncode != 0:  # the command's own last line, before /usr/bin/time's tab-indented statistics
+        said = [x for x in result.stderr.splitlines() if x.strip() and not x.startswith(("\t", "Command exited"))]
+        raise RuntimeError(said[-1] if said else f"compress exited with status {result.returncode}")
     fields = dict(line.strip().split(": ", 1) for line in result.stderr.splitlines() if ": " in line)
     elapsed = fields["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(elapsed)))
