@@ -30,6 +30,7 @@ def dummy_inputs(model: onnx.ModelProto, image_size: int | None = None) -> dict[
     are `image_size` pixels square (dynamic sizes otherwise)."""
     initializer_names = {t.name for t in model.graph.initializer}
     images = _image_inputs(model)
+    audio = audio_lengths(model)
     symbol_sizes: dict[str, int] = {}
     feeds = {}
     rng = np.random.default_rng(0)
@@ -40,6 +41,8 @@ def dummy_inputs(model: onnx.ModelProto, image_size: int | None = None) -> dict[
         shape = [_dim_size(dim, axis, symbol_sizes) for axis, dim in enumerate(tensor_type.shape.dim)]
         if value.name in images:
             shape = _image_shape(tensor_type.shape.dim, shape, images[value.name][0], image_size)
+        if value.name in audio and not tensor_type.shape.dim[-1].HasField("dim_value"):
+            shape[-1] = audio[value.name]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
@@ -61,6 +64,48 @@ def _image_inputs(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
             strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
             found.setdefault(node.input[0], (weights[node.input[1]][1] * group, max(strides)))
     return found
+
+
+def audio_lengths(model: onnx.ModelProto) -> dict[str, int]:
+    """Audio inputs (raw samples or spectrogram frames: a float input of rank 2 or 3 that reaches 1-D Convs, as
+    wav2vec2's feature extractor): name -> the fewest samples for which those Convs still give `DYNAMIC_SIZES[1]`
+    frames (kernels, strides, dilations and pads read backwards)."""
+    weights = {t.name: len(t.dims) for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    lengths = {}
+    for value in model.graph.input:
+        rank = len(value.type.tensor_type.shape.dim)
+        elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if rank not in (2, 3) or not np.issubdtype(elem, np.floating):
+            continue
+        convs = [n for n in _reachable(value.name, consumers) if n.op_type == "Conv" and weights.get(n.input[1]) == 3]
+        if convs:
+            lengths[value.name] = _samples_for_frames(convs, DYNAMIC_SIZES[1])
+    return lengths
+
+
+def _reachable(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> list[onnx.NodeProto]:
+    seen: dict[int, onnx.NodeProto] = {}
+    stack = [name]
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if id(node) not in seen:
+                seen[id(node)] = node
+                stack.extend(node.output)
+    return list(seen.values())
+
+
+def _samples_for_frames(convs: list[onnx.NodeProto], frames: int) -> int:
+    length = frames
+    for conv in reversed(convs):
+        attrs = {a.name: list(a.ints) for a in conv.attribute if a.ints}
+        kernel = attrs.get("kernel_shape", [1])[0]
+        stride, dilation = attrs.get("strides", [1])[0], attrs.get("dilations", [1])[0]
+        length = max((length - 1) * stride + (kernel - 1) * dilation + 1 - sum(attrs.get("pads", [0, 0])), 1)
+    return length
 
 
 def _image_shape(dims, shape: list[int], channels: int, image_size: int | None) -> list[int]:

@@ -1,6 +1,7 @@
 """A zoo of tiny random transformers, one per model type that optimum exports (encoders, decoders, vision, speech
-encoders): built from configs (2 layers, hidden 32, 4 heads) and exported as a new user would, with the default task
-of their kind. Each model's folder also holds `calib.npz`, random inputs of the export's signature."""
+encoders, and Whisper's encoder): built from configs (2 layers, hidden 32, 4 heads) and exported as a new user would,
+with the default task of their kind. Each model's folder also holds `calib.npz`, random inputs of the export's
+signature."""
 
 from __future__ import annotations
 
@@ -37,6 +38,26 @@ TASKS = {
     "decoder": ("text-generation-with-past", transformers.AutoModelForCausalLM),
     "vision": ("image-classification", transformers.AutoModelForImageClassification),
     "speech": ("feature-extraction", transformers.AutoModel),
+    "speech-seq2seq": ("automatic-speech-recognition", transformers.AutoModelForSpeechSeq2Seq),
+}
+# The file of an export that the sweep runs on: a speech-to-text export's encoder (its decoder is a decoder's case).
+EXPORTED_FILE = {"speech-seq2seq": "encoder_model.onnx"}
+WHISPER = {
+    "vocab_size": VOCAB,
+    "num_mel_bins": 16,
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 48,
+    "decoder_ffn_dim": 48,
+    "max_source_positions": 12,  # 24 mel frames (exported with nb_max_frames=24), which two Convs make 12
+    "max_target_positions": 16,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
 }
 
 
@@ -45,6 +66,7 @@ class Entry:
     model_type: str
     kind: str  # a key of TASKS
     extra: dict = field(default_factory=dict)
+    shapes: dict = field(default_factory=dict)  # the exporter's dummy input shapes, where its default is too large
 
 
 ZOO = (
@@ -85,6 +107,7 @@ ZOO = (
     Entry("wav2vec2", "speech", SPEECH),
     Entry("hubert", "speech", SPEECH),
     Entry("data2vec-audio", "speech", SPEECH),
+    Entry("whisper", "speech-seq2seq", WHISPER, {"nb_max_frames": 24}),
 )
 
 
@@ -104,8 +127,10 @@ def export(entry: Entry, folder: Path) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_export_from_model(build(entry), folder, opset=17, task=TASKS[entry.kind][0], do_validation=False)
-    path = folder / "model.onnx"
+        onnx_export_from_model(
+            build(entry), folder, opset=17, task=TASKS[entry.kind][0], do_validation=False, **entry.shapes
+        )
+    path = folder / EXPORTED_FILE.get(entry.kind, "model.onnx")
     np.savez(folder / "calib.npz", **calibration_arrays(onnx.load(path), entry))
     return path
 
@@ -121,6 +146,12 @@ def calibration_arrays(model: onnx.ModelProto, entry: Entry, seed: int = 0) -> d
             value = rng.standard_normal((SAMPLES, 3, IMAGE, IMAGE))
         elif item.name == "input_values":
             value = rng.standard_normal((SAMPLES, AUDIO_SAMPLES))
+        elif item.name == "input_features":  # mel frames, as many as the export fixes
+            fixed = [
+                d.dim_value
+                for d in next(v for v in model.graph.input if v.name == item.name).type.tensor_type.shape.dim
+            ]
+            value = rng.standard_normal((SAMPLES, *fixed[1:]))
         elif item.name == "input_ids":
             value = rng.integers(3, VOCAB, size=(SAMPLES, TOKENS)) * mask
         elif item.name == "attention_mask":
