@@ -20,7 +20,14 @@ from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
 from compressor.progress import Reporter
-from compressor.quantization import QUANTIZE_TYPES, quantize as quantized, refuse_quantized, whole_blocks
+from compressor.quantization import (
+    QUANTIZE_TYPES,
+    back_to_int4,
+    float_view,
+    quantize as quantized,
+    refuse_quantized,
+    whole_blocks,
+)
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.sessions import check_model
@@ -95,6 +102,10 @@ def compress(
     path = None if isinstance(model, onnx.ModelProto) else model_file(Path(model))
     source = model if path is None else load_model(path)
     refuse_quantized(source)
+    quantized_source, source = source, float_view(source)  # an int4 input is scored and refit in float
+    int4_input = quantized_source is not source
+    if int4_input and (quantize or optimize):
+        raise CompressorError("the input model is already int4 (MatMulNBits); drop --quantize and --optimize")
     folder = None if path is None else path.parent
     start = timer.stage("load", start)
     analysis = analyze(source)
@@ -120,7 +131,7 @@ def compress(
         with reporter.stage("capturing activations", len(scored)) as advance:
             stats = capture(analysis, data, data.by_length(scored), batch_size, advance)
     start = timer.stage("capture", start)
-    masks = whole_blocks(analysis, scoring.choose_masks(method, analysis, counts, stats, seed))  # int4 inputs
+    masks = whole_blocks(quantized_source, analysis, scoring.choose_masks(method, analysis, counts, stats, seed))
     start = timer.stage("scoring", start)
     pruned = apply_masks(analysis, masks)
     start = timer.stage("prune", start)
@@ -146,8 +157,12 @@ def compress(
         pruned, optimized = optimization.optimize(pruned, data, batch_size)
         start = timer.stage("optimize", start)
     float_model, quantization = pruned, None
-    if quantize is not None:
+    if int4_input:  # back to the input's int4 blocks, refit projections requantized
+        refit = [r.weight for r in recovered.refits if r.applied] if recovered and recovered.kept else []
+        pruned, quantization = back_to_int4(quantized_source, masks, float_model, refit)
+    elif quantize is not None:
         pruned, quantization = quantized(float_model, quantize)
+    if quantization is not None:
         quantization["fidelity"] = fidelity.compare(
             original_session, validate(pruned, data, batch_size), data, held_out, batch_size
         )

@@ -23,13 +23,13 @@ import onnx
 
 from compressor.errors import CompressorError
 from compressor.progress import quiet_loggers
-from graph_passes import GraphAnalysis
+from graph_passes import GraphAnalysis, analyze, apply_masks, replace_initializers
 from graph_passes.channel_groups import WITHIN
 
 QUANTIZE_TYPES = ("int8", "int4")
 INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits: what the GenAI builder uses on CPU
-PRUNABLE_QUANTIZED: set[str] = set()  # quantized operators an input may hold
+PRUNABLE_QUANTIZED = {"MatMulNBits", "GatherBlockQuantized"}  # quantized operators with pruning rules
 QUANTIZED_OPS = {
     "QuantizeLinear",
     "DequantizeLinear",
@@ -118,10 +118,51 @@ def quantize_int4(
 # --- int4 inputs: masks in whole blocks, weights as float and back ------------------------------------------------
 
 
-def whole_blocks(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Masks that keep or drop each MatMulNBits input block whole. Where a block holds several units (FFN neurons:
-    32 to a block), the blocks are ranked by how many of their units the scorer kept, and as many are kept as the
-    kept units fill (at least one). Units of whole blocks (a KV group 32 channels wide) pass as they are."""
+def float_view(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each MatMulNBits whose weight nothing else reads as a MatMul on its dequantized (K, N) weight,
+    stored under the packed weight's name (then a bias Add): what scoring and recovery read. `model` itself when it
+    has no such node."""
+    used: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            used[name] = used.get(name, 0) + 1
+    chosen = [n for n in model.graph.node if n.op_type == "MatMulNBits" and used[n.input[1]] == 1]
+    if not chosen:
+        return model
+    view = onnx.ModelProto.FromString(model.SerializeToString())
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in view.graph.initializer}
+    names = {n.name for n in chosen}
+    weights, dropped, nodes = {}, set(), []
+    for node in view.graph.node:
+        if node.name not in names or node.op_type != "MatMulNBits":
+            nodes.append(node)
+            continue
+        inputs = list(node.input) + [""] * 6
+        weights[inputs[1]] = dequantized(node, values).astype(np.float32)
+        dropped.update(name for name in inputs[2:4] if name and used[name] == 1)
+        product = f"{node.output[0]}/float_view" if inputs[5] else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [inputs[0], inputs[1]], [product], name=node.name))
+        if inputs[5]:
+            nodes.append(onnx.helper.make_node("Add", [product, inputs[5]], [node.output[0]], name=f"{node.name}/bias"))
+    kept = [t for t in view.graph.initializer if t.name not in dropped]
+    del view.graph.initializer[:]
+    view.graph.initializer.extend(
+        onnx.numpy_helper.from_array(weights[t.name], t.name) if t.name in weights else t for t in kept
+    )
+    del view.graph.node[:]
+    view.graph.node.extend(nodes)
+    return view
+
+
+def whole_blocks(source: onnx.ModelProto, analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> dict:
+    """Masks that keep or drop each input block of `source`'s MatMulNBits whole (`analysis` is of its float view).
+    Where a block holds several units (FFN neurons: 32 to a block), the blocks are ranked by how many of their units
+    the scorer kept, and as many are kept as the kept units fill (at least one). Units of whole blocks (a KV group
+    32 channels wide) pass as they are."""
+    if not any(n.op_type == "MatMulNBits" for n in source.graph.node):
+        return masks
+    if source is not analysis.model:
+        analysis = analyze(source)
     dims = analysis.dims
     aligned = dict(masks)
     for dim, block, _ in dims.quantized:
@@ -143,6 +184,38 @@ def whole_blocks(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> dict[
             kept[blocks[chosen]] = True
         aligned[group.name] = kept
     return aligned
+
+
+def back_to_int4(
+    source: onnx.ModelProto, masks: dict[str, np.ndarray], pruned: onnx.ModelProto, refit: list[str]
+) -> tuple[onnx.ModelProto, dict]:
+    """The int4 `source` pruned by `masks` through the MatMulNBits rule (its packed blocks sliced, not
+    requantized), with the `refit` weights (refit in float on the float view, now in `pruned`) requantized in the
+    source's format and their biases copied; and the report's description."""
+    result = apply_masks(analyze(source), masks)
+    floats = {t.name: t for t in pruned.graph.initializer}
+    requantized_weights = []
+    for weight in refit:
+        node = nbits_node(result, weight)
+        if node is None or weight not in floats:
+            continue
+        arrays = requantized(node, onnx.numpy_helper.to_array(floats[weight]).astype(np.float64))
+        bias = (list(node.input) + [""] * 6)[5]
+        if bias and bias in floats:
+            arrays[bias] = onnx.numpy_helper.to_array(floats[bias])
+        replace_initializers(result, arrays)
+        requantized_weights.append(weight)
+    nodes = [n for n in result.graph.node if n.op_type == "MatMulNBits"]
+    described = {
+        "type": "int4 (the input's)",
+        "weights": "the input's MatMulNBits blocks, sliced in whole blocks",
+        "matmul_nbits_nodes": len(nodes),
+        "accuracy_level": sorted({a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"}),
+        "requantized": requantized_weights,
+        "note": "scored and refit in float on the dequantized weights; refit projections requantized in the "
+        "input's block format, the others keep their original int4 blocks",
+    }
+    return result, described
 
 
 def nbits_node(model: onnx.ModelProto, weight: str) -> onnx.NodeProto | None:

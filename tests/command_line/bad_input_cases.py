@@ -370,6 +370,12 @@ CASES = [
         _genai_folder(lambda c: {"model": {"type": "llama"}}),
     ),
     Case(
+        "int4-quantize-again",
+        "`--quantize` on a model that is already int4",
+        (str(GENAI_FIXTURE.parent / "llama-gqa-int4"), "--keep", "0.5", "--quantize", "int4"),
+        "already int4 (MatMulNBits); drop --quantize and --optimize",
+    ),
+    Case(
         "genai-out-is-input",
         "a GenAI folder compressed into itself (`--out` the input folder)",
         ("{t}/g", "--keep", "0.5", "--out", "{t}/g"),

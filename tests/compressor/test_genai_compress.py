@@ -161,3 +161,40 @@ def test_int4_after_pruning_runs_in_ort_genai_close_to_the_float_pruning(compres
     tolerance = np.sqrt(np.mean(np.square(builder[0] - builder[1])))
     assert 0 < np.sqrt(np.mean(np.square(prefill - float_prefill))) < 1.5 * tolerance
     assert genai_greedy(out) == tokens
+
+
+# --- int4 input: the builder's MatMulNBits pruned in whole blocks ---------------------------------------------------
+
+
+def _initializers(folder: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(folder / "model.onnx"))
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-int4", "qwen2-gqa-int4"])
+def test_an_int4_folder_prunes_in_whole_blocks_and_keeps_its_own_int4_weights(compressed, name):
+    out, report = compressed(name, "--no-recover")
+    for group in report["groups"]:
+        if group["kind"] == "ffn":  # down_proj reads the FFN neurons in int4 blocks of 32
+            kept = np.array(group["kept"])
+            assert len(kept) % 32 == 0 and 0 < len(kept) < group["units_before"]
+            assert np.array_equal(kept.reshape(-1, 32) % 32, np.tile(np.arange(32), (len(kept) // 32, 1)))
+    assert report["quantization"]["type"] == "int4 (the input's)" and report["quantization"]["requantized"] == []
+    before, after = _initializers(GENAI / name), _initializers(out)
+    layer0 = next(g for g in report["groups"] if g["kind"] == "ffn" and g["layer"] == 0)
+    blocks = np.array(layer0["kept"][::32]) // 32
+    weight = "model.layers.0.mlp.down_proj.MatMul.weight_Q4"
+    np.testing.assert_array_equal(after[weight], before[weight][:, blocks])  # the same int4 codes, not requantized
+    _, tokens = ort_greedy(out)
+    assert genai_greedy(out) == tokens
+
+
+def test_an_int4_folder_with_recovery_requantizes_what_it_refits_and_generates(compressed):
+    out, report = compressed("llama-gqa-int4")
+    applied = [r["weight"] for r in report["recovery"]["projections"] if r["applied"]]
+    assert report["recovery"]["kept"] and applied
+    assert report["quantization"]["requantized"] == applied
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 11 and {a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"} == {4}
+    _, tokens = ort_greedy(out)
+    assert genai_greedy(out) == tokens
