@@ -34,6 +34,8 @@ from bench.decoder_tables import decoder_markdown, decoder_rows
 from bench.deployment import Settings, run_bench
 from bench.edge_latency import edge_markdown, edge_models, edge_rows
 from bench.flops import matmul_flops_per_token
+from bench.int4_tables import int4_markdown, int4_rows
+from bench.int4_tables import measured_at as int4_measured_at
 from bench.machine import describe, header_line
 from bench.unstructured_pruning import magnitude_zeroed
 from compressor import compress
@@ -267,6 +269,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
     lines += edge_markdown(found["edge"], args.runs) if "edge" in found else []
     lines += decoder_markdown(found["decoder"]) if "decoder" in found else []
+    lines += int4_markdown(found["int4"]["rows"], found["int4"]["commit"]) if "int4" in found else []
     lines += decoder_speed_markdown(found["decoder_speed"]) if "decoder_speed" in found else []
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
@@ -289,7 +292,7 @@ def main() -> None:
     parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
     parser.add_argument(
         "--only",
-        choices=["edge", "decoder", "decoder-speed"],
+        choices=["edge", "decoder", "decoder-speed", "int4"],
         help="remeasure one section, keep the stored rows of the others",
     )
     args = parser.parse_args()
@@ -299,6 +302,8 @@ def main() -> None:
             found["edge"] = edge_rows(edge_models(args.model, args.calib, args.samples, Path(folder)), args.runs)
     if args.only in (None, "decoder"):
         found["decoder"] = decoder_rows(args.decoder, args.stories, args.wikitext)
+    if args.only in (None, "int4"):
+        found["int4"] = {"commit": int4_measured_at(), "rows": int4_rows(args.decoder, args.stories)}
     if args.only in (None, "decoder-speed"):
         with tempfile.TemporaryDirectory(prefix="mi-decoder-speed-") as folder:
             found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=10, warmup=2)
