@@ -23,7 +23,7 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 
 def _width(model: onnx.ModelProto, name: str) -> int | None:
     """The last-axis width of `name`, read back through the projection that writes it: a MatMul's constant weight,
-    MatMulNBits' N, through a bias Add."""
+    MatMulNBits' N, through a bias Add or a RotaryEmbedding (GroupQueryAttention with do_rotary=0)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
     node = producers.get(name)
@@ -32,7 +32,7 @@ def _width(model: onnx.ModelProto, name: str) -> int | None:
             return _attr(node, "N", 0) or None
         if node.op_type in ("MatMul", "Gemm") and len(weights.get(node.input[1], ())) == 2:
             return weights[node.input[1]][-1]
-        if node.op_type != "Add":
+        if node.op_type not in ("Add", "RotaryEmbedding"):
             return None
         node = producers.get(node.input[0])
     return None

@@ -441,22 +441,57 @@ def attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 def multi_head_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     """MultiHeadAttention (contrib) on separate query (B, S, q), key (B, L, k) and value (B, L, v): each last axis
-    is `num_heads` heads; the optional bias packs [q | k | v]; output (B, S, v)."""
-    query, key, value, out = node.input[0], node.input[1], node.input[2], node.output[0]
-    extra = [name for name in list(node.input)[4:] if name] + [o for o in node.output[1:] if o]
-    if extra or any(len(ctx.shape(name)) != 3 for name in (query, key, value)):
-        no_rule(node, ctx, "MultiHeadAttention with packed inputs, masks, past state or attention bias")
+    is `num_heads` heads; the optional bias packs [q | k | v]; output (B, S, v). A decoder's past_key / past_value
+    (B, heads, P, head size) and present_key / present_value (B, heads, P + L, head size) follow the heads; an
+    attention bias (B or 1, heads or 1, S, T) follows them too; a key padding mask has no channel axis."""
+    inputs = list(node.input) + [""] * 10
+    query, key, value, out = inputs[0], inputs[1], inputs[2], node.output[0]
+    extra = [inputs[9]] + [o for o in node.output[3:] if o]
+    if any(extra) or not key or not value or any(len(ctx.shape(name)) != 3 for name in (query, key, value)):
+        no_rule(node, ctx, "MultiHeadAttention with packed inputs, a cache indirection (beam search) or QK output")
         return
     units = ctx.dims.new(_attr(node, "num_heads", 0))
+    inner = {}
     for name in (query, key, value):
         size = ctx.shape(name)[2]
-        ctx.dims.factor(ctx.dim(name, 2), units, ctx.dims.new(size // ctx.dims.size[units]))
+        inner[name] = ctx.dims.new(size // ctx.dims.size[units])
+        ctx.dims.factor(ctx.dim(name, 2), units, inner[name])
     ctx.tie(value, 2, out, 2)
     ctx.tie(query, 0, out, 0)
     ctx.tie(query, 1, out, 1)
-    if len(node.input) > 3 and node.input[3]:
+    if inputs[3]:
         parts = [ctx.dim(name, 2) for name in (query, key, value)]
-        ctx.dims.concatenate(ctx.dim(node.input[3], 0), parts, node.name, node.op_type)
+        ctx.dims.concatenate(ctx.dim(inputs[3], 0), parts, node.name, node.op_type)
+    outputs = list(node.output) + [""] * 3
+    for cache, source in ((inputs[6], key), (inputs[7], value), (outputs[1], key), (outputs[2], value)):
+        if cache:
+            ctx.tie(query, 0, cache, 0)
+            ctx.dims.union(ctx.dim(cache, 1), units)
+            ctx.dims.union(ctx.dim(cache, 3), inner[source])
+    bias = inputs[5]
+    if bias and ctx.shape(bias)[1] == ctx.dims.size[units]:
+        ctx.dims.union(ctx.dim(bias, 1), units)
+    elif bias and ctx.shape(bias)[1] != 1:
+        ctx.block(bias, 1, node, "attention bias with an unexpected heads axis")
+
+
+def rotary_embedding(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """RotaryEmbedding (contrib: input, position ids, cos, sin; ONNX 23: input, cos, sin, position ids) rotates
+    channel pairs inside each head; output shaped as the input. On (B, heads, S, head size) every axis just passes
+    through; on (B, S, heads x head size) the last axis is `num_heads` heads (0: as many as the cos cache's head
+    size fills), so heads shrink whole and the head size is never cut."""
+    data, out = node.input[0], node.output[0]
+    shape = ctx.shape(data)
+    for axis in range(len(shape)):
+        ctx.tie(data, axis, out, axis)
+    if len(shape) != 3:
+        return
+    cos = node.input[1] if node.domain in ("", "ai.onnx") else node.input[2]
+    heads = _attr(node, "num_heads", 0) or shape[2] // (2 * ctx.shape(cos)[-1])
+    if not heads or shape[2] % heads:
+        ctx.block(data, 2, node, "a head count that does not divide the rotated axis")
+        return
+    ctx.dims.factor(ctx.dim(data, 2), ctx.dims.new(heads), ctx.dims.new(shape[2] // heads))
 
 
 def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
@@ -640,6 +675,7 @@ RULES: dict[str, Rule] = {
     "Attention": attention,
     "MultiHeadAttention": multi_head_attention,
     "GroupQueryAttention": group_query_attention,
+    "RotaryEmbedding": rotary_embedding,
 }
 
 

@@ -244,8 +244,10 @@ def _rewrite_head_counts(model: onnx.ModelProto, analysis: GraphAnalysis, plan: 
     for node in model.graph.node:
         if node.op_type == "GroupQueryAttention":
             _rewrite_gqa_heads(node, analysis, plan)
-        if node.op_type not in ("Attention", "MultiHeadAttention"):
+        if node.op_type not in ("Attention", "MultiHeadAttention", "RotaryEmbedding"):
             continue
+        if len(analysis.values[node.output[0]].shape) != 3:
+            continue  # (B, heads, S, head size): no head count to spell
         factors = dims.factorization(dims.axes[(node.output[0], 2)])
         if factors is None or factors[0] not in plan:
             continue

@@ -273,3 +273,152 @@ def test_qwen2_int4_prunes_kv_groups_and_ffn_and_its_tied_quantized_embedding_bl
     got, _ = ort_greedy(_session(exact_int4(pruned)), prompt, head_size=16)
     expected, _ = ort_greedy(_session(reference), prompt, head_size=16)
     assert np.abs(got - expected).max() < TOLERANCE
+
+
+# --- fused decoder attention as ONNX Runtime's tools write it: RotaryEmbedding, then MultiHeadAttention with past and
+# present, or GroupQueryAttention with do_rotary=0 -------------------------------------------------------------------
+
+HIDDEN, HEAD_SIZE, MAX_POSITIONS, VOCAB = 64, 16, 32, 40
+
+
+def _fused_attention(kind: str, weights: dict[str, np.ndarray], heads: int, kv_heads: int) -> onnx.ModelProto:
+    """token ids (1, S) -> embedding x (1, S, 64) -> Q, K, V projections -> RotaryEmbedding on Q and K -> fused attention over the KV cache
+    (past_key_values.0.* in, present.0.* out) -> output projection. `kind`: "mha" (MultiHeadAttention, causal) or
+    "gqa" (GroupQueryAttention, do_rotary=0, its sequence lengths from the attention mask as the builder does)."""
+    h = onnx.helper
+    ms = "com.microsoft"
+    nodes = [h.make_node("Gather", ["embedding", "input_ids"], ["x"])]
+    nodes += [h.make_node("MatMul", ["x", f"w{p}"], [p]) for p in "qkv"]
+    nodes += [
+        h.make_node("RotaryEmbedding", [p, "position_ids", "cos", "sin"], [f"{p}_rot"], domain=ms, num_heads=n)
+        for p, n in (("q", heads), ("k", kv_heads))
+    ]
+    caches = ["past_key_values.0.key", "past_key_values.0.value"]
+    presents = ["present.0.key", "present.0.value"]
+    inputs = [
+        h.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, [1, "s"]),
+        h.make_tensor_value_info("position_ids", onnx.TensorProto.INT64, [1, "s"]),
+        *(h.make_tensor_value_info(c, onnx.TensorProto.FLOAT, [1, kv_heads, "past", HEAD_SIZE]) for c in caches),
+    ]
+    if kind == "mha":
+        nodes.append(
+            h.make_node(
+                "MultiHeadAttention",
+                ["q_rot", "k_rot", "v", "", "", "", *caches],
+                ["attn", *presents],
+                domain=ms,
+                num_heads=heads,
+                unidirectional=1,
+            )
+        )
+    else:
+        inputs.append(h.make_tensor_value_info("attention_mask", onnx.TensorProto.INT64, [1, "total"]))
+        nodes += [
+            h.make_node("ReduceSum", ["attention_mask", "one"], ["length"], keepdims=0),
+            h.make_node("Sub", ["length", "one"], ["last"]),
+            h.make_node("Cast", ["last"], ["seqlens_k"], to=onnx.TensorProto.INT32),
+            h.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+            h.make_node("Gather", ["mask_shape", "one_scalar"], ["total"], axis=0),
+            h.make_node("Cast", ["total"], ["total_sequence_length"], to=onnx.TensorProto.INT32),
+            h.make_node(
+                "GroupQueryAttention", ["q_rot", "k_rot", "v", *caches, "seqlens_k", "total_sequence_length"],
+                ["attn", *presents], domain=ms, num_heads=heads, kv_num_heads=kv_heads, do_rotary=0,
+            ),
+        ]  # fmt: skip
+    nodes.append(h.make_node("MatMul", ["attn", "wo"], ["y"]))
+    positions = np.arange(MAX_POSITIONS)[:, None] / 10000 ** (np.arange(HEAD_SIZE // 2) / (HEAD_SIZE // 2))
+    constants = {
+        **weights,
+        "cos": np.cos(positions).astype(np.float32),
+        "sin": np.sin(positions).astype(np.float32),
+        "one": np.array([1], np.int64),
+        "one_scalar": np.array(1, np.int64),
+    }
+    outputs = [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, "s", HIDDEN])] + [
+        h.make_tensor_value_info(p, onnx.TensorProto.FLOAT, [1, kv_heads, "total", HEAD_SIZE]) for p in presents
+    ]
+    graph = h.make_graph(
+        nodes, kind, inputs, outputs, [onnx.numpy_helper.from_array(v, k) for k, v in constants.items()]
+    )
+    opsets = [h.make_opsetid("", 18), h.make_opsetid(ms, 1)]
+    return h.make_model(graph, opset_imports=opsets)
+
+
+def _weights(heads: int, kv_heads: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "wq": (HIDDEN, heads * HEAD_SIZE),
+        "wk": (HIDDEN, kv_heads * HEAD_SIZE),
+        "wv": (HIDDEN, kv_heads * HEAD_SIZE),
+    }
+    weights = {name: rng.normal(0, 0.2, shape).astype(np.float32) for name, shape in shapes.items()}
+    weights["embedding"] = rng.normal(0, 1, (VOCAB, HIDDEN)).astype(np.float32)
+    weights["wo"] = rng.normal(0, 0.2, (heads * HEAD_SIZE, HIDDEN)).astype(np.float32)
+    return weights
+
+
+def _by_hand(weights: dict[str, np.ndarray], kept_kv: np.ndarray, repeat: int) -> dict[str, np.ndarray]:
+    """The weights of the kept KV heads and of the query heads that read them, sliced in numpy."""
+    query_heads = (kept_kv[:, None] * repeat + np.arange(repeat)).ravel()
+
+    def columns(heads: np.ndarray) -> np.ndarray:
+        return (heads[:, None] * HEAD_SIZE + np.arange(HEAD_SIZE)).ravel()
+
+    return {
+        "wq": weights["wq"][:, columns(query_heads)],
+        "wk": weights["wk"][:, columns(kept_kv)],
+        "wv": weights["wv"][:, columns(kept_kv)],
+        "wo": weights["wo"][columns(query_heads)],
+        "embedding": weights["embedding"],
+    }
+
+
+def _prefill_and_step(model: onnx.ModelProto, kind: str, ids: np.ndarray) -> list[np.ndarray]:
+    """y and presents of a prefill over ids[:, :-1] (empty cache), then of one decoding step over ids[:, -1:]."""
+    session = _session(model)
+    kv_heads = model.graph.input[2].type.tensor_type.shape.dim[1].dim_value
+    past = [np.zeros((1, kv_heads, 0, HEAD_SIZE), np.float32)] * 2
+    results = []
+    for start, stop in ((0, ids.shape[1] - 1), (ids.shape[1] - 1, ids.shape[1])):
+        feeds = {
+            "input_ids": ids[:, start:stop],
+            "position_ids": np.arange(start, stop)[None],
+            "past_key_values.0.key": past[0],
+            "past_key_values.0.value": past[1],
+        }
+        if kind == "gqa":
+            feeds["attention_mask"] = np.ones((1, stop), np.int64)
+        y, *past = session.run(None, feeds)
+        results += [y, *past]
+    return results
+
+
+@pytest.mark.parametrize(("kind", "heads", "kv_heads"), [("mha", 4, 4), ("gqa", 4, 2)])
+def test_fused_rotary_attention_with_a_cache_prunes_like_the_same_graph_built_from_pruned_weights(
+    kind, heads, kv_heads
+):
+    weights = _weights(heads, kv_heads, seed=heads + kv_heads)
+    analysis = analyze(_fused_attention(kind, weights, heads, kv_heads))
+    (group,) = analysis.by_kind("heads")
+    assert (group.units, group.prunable, group.cache) == (
+        kv_heads, True, ["past_key_values.0.key", "past_key_values.0.value", "present.0.key", "present.0.value"]
+    )  # fmt: skip
+    assert not analysis.unsupported
+    mask = np.arange(kv_heads) == kv_heads - 1  # the last KV head alone: its heads sit at an offset in every axis
+    pruned = apply_masks(analysis, {group.name: mask})
+    kept = np.flatnonzero(mask)
+    reference = _fused_attention(
+        kind, _by_hand(weights, kept, heads // kv_heads), len(kept) * heads // kv_heads, len(kept)
+    )
+    attributes = {
+        n.op_type: {a.name: a.i for a in n.attribute if a.name.endswith("num_heads")} for n in pruned.graph.node
+    }
+    assert attributes == {
+        n.op_type: {a.name: a.i for a in n.attribute if a.name.endswith("num_heads")} for n in reference.graph.node
+    }
+    x = np.random.default_rng(1).integers(0, VOCAB, size=(1, 7))
+    got, expected = _prefill_and_step(pruned, kind, x), _prefill_and_step(reference, kind, x)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+    original = _prefill_and_step(analysis.model, kind, x)
+    assert np.abs(original[0] - got[0]).max() > 1e-3  # pruning changed the output
