@@ -175,6 +175,8 @@ def compress(
     report["optimization"] = optimized
     report["quantization"] = quantization
     report["file_bytes"]["after"] = pruned.ByteSize()
+    if int4_input:  # not its float view's
+        report["file_bytes"]["before"] = quantized_source.ByteSize()
     return CompressionResult(pruned, report, masks)
 
 

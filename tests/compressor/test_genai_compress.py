@@ -194,7 +194,22 @@ def test_an_int4_folder_with_recovery_requantizes_what_it_refits_and_generates(c
     applied = [r["weight"] for r in report["recovery"]["projections"] if r["applied"]]
     assert report["recovery"]["kept"] and applied
     assert report["quantization"]["requantized"] == applied
+    source_bytes = onnx.load(str(GENAI / "llama-gqa-int4" / "model.onnx")).ByteSize()
+    assert report["file_bytes"]["before"] == source_bytes > report["file_bytes"]["after"]  # int4 bytes, both
     nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == 11 and {a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"} == {4}
     _, tokens = ort_greedy(out)
     assert genai_greedy(out) == tokens
+
+
+def test_eval_and_bench_take_a_genai_folder(compressed, calibration_text, capsys):
+    out, _ = compressed("llama-gqa-fp32", "--no-recover")
+    perplexities = []
+    for model in (GENAI / "llama-gqa-fp32", GENAI / "llama-gqa-fp32" / "model.onnx", out):
+        assert run_cli(["eval", str(model), "--data", str(calibration_text), "--max-length", "32", "--json"]) == 0
+        perplexities.append(json.loads(capsys.readouterr().out)["perplexity"])
+    assert perplexities[0] == perplexities[1] != perplexities[2]  # the folder is its decoder file
+    args = ["--batch", "1", "--seq", "8", "--runs", "2", "--warmup", "0", "--new-tokens", "3", "--no-memory"]
+    assert run_cli(["bench", str(GENAI / "llama-gqa-fp32"), str(out), *args]) == 0
+    table = capsys.readouterr().out
+    assert "prefill" in table and "decode" in table
