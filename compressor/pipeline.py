@@ -23,13 +23,13 @@ from compressor.progress import Reporter
 from compressor.quantization import (
     QUANTIZE_TYPES,
     back_to_int4,
-    float_view,
     quantize as quantized,
     refuse_quantized,
     whole_blocks,
 )
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
 from graph_passes.flops import matmul_flops_per_token
+from graph_passes.quantized_weights import float_view
 from graph_passes.sessions import check_model
 from user_errors import first_line
 

@@ -6,10 +6,11 @@ time), which needs no calibration and runs on every CPU. `--quantize int4`: ONNX
 CPU), every MatMul with a constant weight becoming a `MatMulNBits` node with accuracy level 4 (activations quantized
 to int8 inside the kernel; the report records the level).
 
-An input that is already int4 (`MatMulNBits`, as the GenAI builder writes it) is pruned through the operator's rule:
-output channels freely, input channels in whole quantization blocks. `whole_blocks` turns the scorer's masks into
-such masks, and recovery refits those projections in float on their dequantized weights and writes them back
-requantized in the input's own format (`requantized`). Other quantized inputs (QDQ, int8 operators) are refused:
+An input that is already int4 (`MatMulNBits`, as the GenAI builder writes it) is scored and refit on its float view
+(`graph_passes.quantized_weights.float_view`: the same graph on the dequantized weights), and pruned through the
+operator's rule: output channels freely, input channels in whole quantization blocks. `whole_blocks` turns the
+scorer's masks into such masks; `back_to_int4` slices the input's own int4 blocks and writes the projections recovery
+refit requantized in the input's format (`requantized`). Other quantized inputs (QDQ, int8 operators) are refused:
 pruning works on float weights.
 """
 
@@ -25,6 +26,7 @@ from compressor.errors import CompressorError
 from compressor.progress import quiet_loggers
 from graph_passes import GraphAnalysis, analyze, apply_masks, replace_initializers
 from graph_passes.channel_groups import WITHIN
+from graph_passes.quantized_weights import nbits_node
 
 QUANTIZE_TYPES = ("int8", "int4")
 INT4_BLOCK = 32
@@ -118,42 +120,6 @@ def quantize_int4(
 # --- int4 inputs: masks in whole blocks, weights as float and back ------------------------------------------------
 
 
-def float_view(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with each MatMulNBits whose weight nothing else reads as a MatMul on its dequantized (K, N) weight,
-    stored under the packed weight's name (then a bias Add): what scoring and recovery read. `model` itself when it
-    has no such node."""
-    used: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            used[name] = used.get(name, 0) + 1
-    chosen = [n for n in model.graph.node if n.op_type == "MatMulNBits" and used[n.input[1]] == 1]
-    if not chosen:
-        return model
-    view = onnx.ModelProto.FromString(model.SerializeToString())
-    values = {t.name: onnx.numpy_helper.to_array(t) for t in view.graph.initializer}
-    names = {n.name for n in chosen}
-    weights, dropped, nodes = {}, set(), []
-    for node in view.graph.node:
-        if node.name not in names or node.op_type != "MatMulNBits":
-            nodes.append(node)
-            continue
-        inputs = list(node.input) + [""] * 6
-        weights[inputs[1]] = dequantized(node, values).astype(np.float32)
-        dropped.update(name for name in inputs[2:4] if name and used[name] == 1)
-        product = f"{node.output[0]}/float_view" if inputs[5] else node.output[0]
-        nodes.append(onnx.helper.make_node("MatMul", [inputs[0], inputs[1]], [product], name=node.name))
-        if inputs[5]:
-            nodes.append(onnx.helper.make_node("Add", [product, inputs[5]], [node.output[0]], name=f"{node.name}/bias"))
-    kept = [t for t in view.graph.initializer if t.name not in dropped]
-    del view.graph.initializer[:]
-    view.graph.initializer.extend(
-        onnx.numpy_helper.from_array(weights[t.name], t.name) if t.name in weights else t for t in kept
-    )
-    del view.graph.node[:]
-    view.graph.node.extend(nodes)
-    return view
-
-
 def whole_blocks(source: onnx.ModelProto, analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> dict:
     """Masks that keep or drop each input block of `source`'s MatMulNBits whole (`analysis` is of its float view).
     Where a block holds several units (FFN neurons: 32 to a block), the blocks are ranked by how many of their units
@@ -218,35 +184,10 @@ def back_to_int4(
     return result, described
 
 
-def nbits_node(model: onnx.ModelProto, weight: str) -> onnx.NodeProto | None:
-    return next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[1] == weight), None)
-
-
-def _attributes(node: onnx.NodeProto) -> dict[str, int]:
-    return {a.name: a.i for a in node.attribute}
-
-
-def dequantized(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> np.ndarray:
-    """The (K, N) float weight a 4-bit MatMulNBits node applies: (code - zero point) x scale per block."""
-    attrs = _attributes(node)
-    if attrs.get("bits", 4) != 4:
-        raise QuantizedInputError(f"MatMulNBits node {node.name!r} has {attrs['bits']}-bit weights; only 4 is read")
-    inputs = list(node.input) + [""] * 6
-    packed, scales = values[inputs[1]], values[inputs[2]].astype(np.float64)
-    n, blocks = scales.shape[0], packed.shape[1]
-    codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, -1).astype(np.float64)
-    zero = np.full((n, blocks, 1), 8.0)
-    if inputs[3]:
-        points = values[inputs[3]]
-        zero = np.stack([points & 0x0F, points >> 4], axis=-1).reshape(n, -1)[:, :blocks, None].astype(np.float64)
-    matrix = ((codes - zero) * scales.reshape(n, blocks)[:, :, None]).reshape(n, -1)[:, : attrs["K"]]
-    return matrix.T
-
-
 def requantized(node: onnx.NodeProto, matrix: np.ndarray) -> dict[str, np.ndarray]:
     """New weight, scales (and zero points) for `node` applying the (K, N) float `matrix`, quantized as the node is
     (its block size, symmetric without zero points), by ONNX Runtime's own quantizer on a one-node model."""
-    attrs = _attributes(node)
+    attrs = {a.name: a.i for a in node.attribute}
     inputs = list(node.input) + [""] * 6
     k, n = matrix.shape
     graph = onnx.helper.make_graph(
