@@ -73,9 +73,8 @@ class SquareSums:
         self.squares = np.zeros(self.dim)
 
     def add(self, rows: np.ndarray) -> None:
-        rows = rows.astype(np.float64, copy=False)
         self.count += len(rows)
-        self.squares += np.einsum("ij,ij->j", rows, rows)
+        self.squares += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
 
     def second_moment_diag(self) -> np.ndarray:
         return self.squares / max(self.count, 1)
@@ -143,6 +142,12 @@ def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
     return tuple(use.activation for use in analysis.uses(weight))
 
 
+def capture_names(plan: CapturePlan) -> list[str]:
+    """The tensors capture reads, in the order `capture` asks for them."""
+    names = [n for t in plan.layers for use in t.applications for n in use]
+    return names + [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
+
+
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
     """A session that also returns the inner tensors `names` (any model size; the model is not copied)."""
     return cpu_session(model, names)
@@ -181,17 +186,18 @@ def capture(
     indices: Sequence[int],
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
+    session: ort.InferenceSession | None = None,
 ) -> CapturedStats:
-    """Run the model over the chosen samples and accumulate every moment the scorers need."""
+    """Run the model over the chosen samples and accumulate every moment the scorers need; `session`: one of
+    `analysis.model` that exposes `capture_names` (the pipeline's, shared with later stages), else one is made."""
     plan = plan_capture(analysis)
     _require_tapped(plan)
-    names = [n for t in plan.layers for use in t.applications for n in use]
-    names += [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
-    session = capture_session(analysis.model, names)
+    names = capture_names(plan)
+    session = session or capture_session(analysis.model, names)
     sizes = [t.size for t in plan.layers]
-    layers = [Moments(d) for d in sizes]
+    layers = [Moments(d, precision=np.float32) for d in sizes]  # the largest state: float32 (`statistics`)
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
-    hidden = [Moments(hidden_size, d) for d in sizes]
+    hidden = [Moments(hidden_size, d, precision=np.float32) for d in sizes]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden else None
     readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs}

@@ -23,9 +23,10 @@ class Session(ort.InferenceSession):
         return super().run(output_names, fit_empty_caches(declared, input_feed), run_options)
 
 
-def session(model: onnx.ModelProto) -> Session:
-    """A CPU session of `model`, at any size (`graph_passes.sessions`)."""
-    return cpu_session(model, session_class=Session)
+def session(model: onnx.ModelProto, exposed: Sequence[str] = ()) -> Session:
+    """A CPU session of `model`, at any size (`graph_passes.sessions`), that can also return the inner tensors
+    `exposed`."""
+    return cpu_session(model, exposed, session_class=Session)
 
 
 def compare(
@@ -39,8 +40,9 @@ def compare(
     fraction of samples on which the predicted class agrees; for per-token outputs (an encoder's hidden states, which
     sentence-embedding models mean-pool) the mean cosine of the mean-pooled sentence embeddings."""
     cosines, agree, embedded = [], [], []
+    first = [original.get_outputs()[0].name]  # the original's session may expose inner tensors as well
     for feeds in calibration.batches(calibration.by_length(indices), batch_size):
-        a, b = original.run(None, feeds)[0], compressed.run(None, feeds)[0]
+        a, b = original.run(first, feeds)[0], compressed.run(None, feeds)[0]
         if a.ndim == 3:
             mask = _positions(feeds, a)
             embedded.append(_cosine(_mean_pooled(a, mask), _mean_pooled(b, mask)))

@@ -5,6 +5,7 @@ The Python API of the product; the CLI is a thin layer over it.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import onnx
 
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
-from compressor.capture import capture
+from compressor.capture import capture, capture_names, plan_capture
 from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
@@ -23,9 +24,11 @@ from compressor.progress import Reporter
 from compressor.quantization import (
     QUANTIZE_TYPES,
     back_to_int4,
-    quantize as quantized,
     refuse_quantized,
     whole_blocks,
+)
+from compressor.quantization import (
+    quantize as quantized,
 )
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
 from graph_passes.flops import matmul_flops_per_token
@@ -46,12 +49,21 @@ class CompressionResult:
 
 @dataclass
 class Timer:
+    """Seconds per stage, and the process's peak resident memory (GB) when each stage ended."""
+
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)
 
     def stage(self, name: str, start: float) -> float:
         now = time.perf_counter()
         self.seconds[name] = round(self.seconds.get(name, 0.0) + now - start, 3)
+        self.peak_rss_gb[name] = peak_rss_gb()
         return now
+
+
+def peak_rss_gb() -> float:
+    """The peak resident memory of this process so far (Linux reports it in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def compress(
@@ -109,6 +121,8 @@ def compress(
     folder = None if path is None else path.parent
     start = timer.stage("load", start)
     analysis = analyze(source)
+    source = analysis.model  # the same function, normalised: the model read from disk is not held twice
+    quantized_source = quantized_source if int4_input else source
     require_prunable(analysis)
     counts = budget.allocate(analysis, keep, tuple(granularity))
     start = timer.stage("analyze", start)
@@ -127,11 +141,15 @@ def compress(
     scored, held_out = split(len(data), seed)
     start = timer.stage("calibration", start)
     stats = None
+    exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
+    original = fidelity.session(source, exposed)  # one session of the original for every stage
     if method in ("mi", "wanda"):
         with reporter.stage("capturing activations", len(scored)) as advance:
-            stats = capture(analysis, data, data.by_length(scored), batch_size, advance)
+            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original)
     start = timer.stage("capture", start)
     masks = whole_blocks(quantized_source, analysis, scoring.choose_masks(method, analysis, counts, stats, seed))
+    signal = stats.top_kind if stats else None
+    del stats  # a layer's moments are (units x units): released once the masks are chosen
     start = timer.stage("scoring", start)
     pruned = apply_masks(analysis, masks)
     start = timer.stage("prune", start)
@@ -139,16 +157,18 @@ def compress(
     if recover:
         sliced = pruned
         with reporter.stage("refitting projections", len(recovery.projections(analysis, masks))) as advance:
-            recovered = recovery.recover(analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs)
+            recovered = recovery.recover(
+                analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs, original
+            )
         pruned = recovered.model
         start = timer.stage("recovery", start)
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
-    original_session = fidelity.session(source)
-    fidelity_report = fidelity.compare(original_session, compressed_session, data, held_out, batch_size)
+    fidelity_report = fidelity.compare(original, compressed_session, data, held_out, batch_size)
+    del compressed_session  # sessions are released as soon as they are done with
     if recover:
         fidelity_report["without_recovery"] = fidelity.compare(
-            original_session, fidelity.session(sliced), data, held_out, batch_size
+            original, fidelity.session(sliced), data, held_out, batch_size
         )
     flops = flops_per_token(analysis.model, pruned, data, held_out)  # before fusion hides the attention products
     start = timer.stage("fidelity", start)
@@ -164,11 +184,12 @@ def compress(
         pruned, quantization = quantized(float_model, quantize)
     if quantization is not None:
         quantization["fidelity"] = fidelity.compare(
-            original_session, validate(pruned, data, batch_size), data, held_out, batch_size
+            original, validate(pruned, data, batch_size), data, held_out, batch_size
         )
         timer.stage("quantization", start)
+    del original
     report = build_report(
-        analysis, float_model, masks, keep, method, granularity, data, scored, held_out, stats, fidelity_report, timer
+        analysis, float_model, masks, keep, method, granularity, data, scored, held_out, signal, fidelity_report, timer
     )
     report["flops_per_token"] = flops
     report["recovery"] = None if recovered is None else {"inputs": refit_inputs, **recovered.summary()}
@@ -177,7 +198,14 @@ def compress(
     report["file_bytes"]["after"] = pruned.ByteSize()
     if int4_input:  # not its float view's
         report["file_bytes"]["before"] = quantized_source.ByteSize()
+    report["peak_rss_gb"] = {"total": peak_rss_gb(), "after_stage": timer.peak_rss_gb}
     return CompressionResult(pruned, report, masks)
+
+
+def exposed_names(analysis: GraphAnalysis, captured: bool, refit_on_original: bool) -> list[str]:
+    """The inner tensors that capture and recovery (on the original's activations) read from the original's session."""
+    names = capture_names(plan_capture(analysis)) if captured else []
+    return list(dict.fromkeys(names + (recovery.activation_names(analysis) if refit_on_original else [])))
 
 
 LOWEST = {"samples": 1, "batch_size": 1, "max_length": calib.MIN_LENGTH, "seed": 0}
@@ -264,7 +292,7 @@ def build_report(
     data,
     scored,
     held_out,
-    stats,
+    top_signal: str | None,
     fidelity_report,
     timer: Timer,
 ) -> dict:
@@ -277,7 +305,7 @@ def build_report(
         "keep_achieved": round(after / before, 4),
         "method": method,
         "granularity": list(granularity),
-        "top_signal": stats.top_kind if stats else None,
+        "top_signal": top_signal,
         "calibration": {
             "source": data.source,
             "samples": len(data),
@@ -314,7 +342,7 @@ def _group_entry(group, mask: np.ndarray | None) -> dict:
         "kind": group.kind,
         "layer": group.layer,
         "units_before": group.units,
-        "units_after": int(len(kept)),
+        "units_after": len(kept),
         "kept": kept.tolist(),
     }
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from compressor.calibration import Calibration
 from compressor.capture import plan_capture, token_mask, token_rows
@@ -72,7 +73,7 @@ class Projection:
     activations: tuple[str, ...]  # what the weight reads at each application: several when layers share it
     transposed: bool  # stored as (outputs, inputs): Gemm with transB
     rows: np.ndarray  # kept input indices
-    target: np.ndarray  # original [W; b] as (all inputs + 1, kept outputs): y = [z, 1] @ target
+    target: np.ndarray  # original [W; b] as (all inputs + 1, kept outputs), float32: y = [z, 1] @ target
     has_bias: bool
     skip: str | None = None  # why it is left as sliced
 
@@ -121,12 +122,25 @@ def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[P
                         activations=tuple(use.activation for use in analysis.uses(weight)),
                         transposed=linear.in_axis == 1,
                         rows=kept_along(analysis, masks, weight, linear.in_axis),
-                        target=np.vstack([matrix, bias_row])[:, cols].astype(np.float64),
+                        target=np.vstack([matrix, bias_row], dtype=np.float32)[:, cols],
                         has_bias=biases[0] is not None,
                         skip=_unequal_biases(biases),
                     )
                 )
     return found
+
+
+def activation_names(analysis: GraphAnalysis) -> list[str]:
+    """What every projection that can read a pruned group reads, at each application (exposed on the original's
+    session for a refit on the original's activations)."""
+    names = [
+        use.activation
+        for taps in plan_capture(analysis).layers
+        for group in (taps.heads, taps.ffn)
+        for weight in analysis.group(group).readers
+        for use in analysis.uses(weight)
+    ]
+    return list(dict.fromkeys(names))
 
 
 def _unequal_biases(biases: list[np.ndarray | None]) -> str | None:
@@ -170,21 +184,25 @@ def recover(
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
     inputs: str = "original",
+    original: ort.InferenceSession | None = None,
 ) -> Recovery:
     """Refit, in graph order, every projection that reads pruned units.
 
     `inputs`: "original" fits each projection on the original model's activations (one pass of the original);
     "pruned" fits it on what the pruned model computes once every layer below is refit (a pass per projection,
     each covering one layer). Each refit must lower its projection's held-out error; the whole must lower the
-    held-out error of the model's output, or the sliced model is returned unchanged.
+    held-out error of the model's output, or the sliced model is returned unchanged. `original`: a session of
+    `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made.
     """
+    if original is None:
+        original = session(analysis.model, activation_names(analysis) if inputs == "original" else ())
     model = normalize(pruned)
     batches = _batches(calibration, indices, batch_size)
     found = projections(analysis, masks)
     if inputs == "pruned":
         found = [p if len(p.activations) == 1 else replace(p, skip=p.skip or SHARED_PRUNED) for p in found]
     if inputs == "original":
-        moments = _original_moments(analysis.model, found, batches)
+        moments = _original_moments(original, found, batches)
     else:
         moments = _sequential_moments(analysis, model, found, batches)
     refits = []
@@ -197,21 +215,21 @@ def recover(
             progress(1)
     share_equal_initializers(model)
     held_out = [b for b in batches if b.held_out]
-    error = {name: _output_error(analysis.model, m, held_out) for name, m in (("sliced", pruned), ("refit", model))}
+    error = {name: _output_error(original, m, held_out) for name, m in (("sliced", pruned), ("refit", model))}
     recovery = Recovery(model, refits, error)
     return recovery if recovery.kept else Recovery(pruned, refits, error)
 
 
 def _original_moments(
-    original: onnx.ModelProto, found: list[Projection], batches: list[Batch]
+    original: ort.InferenceSession, found: list[Projection], batches: list[Batch]
 ) -> list[tuple[Moments, Moments]]:
     """For every projection, x = the original's own activations at the kept inputs, y = its original outputs."""
     moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in found]
     names = list(dict.fromkeys(name for p in found for name in p.activations))
     if not names:  # no layer that capture taps: nothing to refit
         return moments
-    for batch, outputs in zip(batches, _layer_outputs(original, names, {}, batches, None)):
-        values = dict(zip(names, outputs))
+    for batch in batches:
+        values = dict(zip(names, original.run(names, batch.feeds)))
         for projection, (fit, check) in zip(found, moments):
             for activation in projection.activations:
                 z = token_rows(values[activation], batch.tokens)
@@ -242,12 +260,13 @@ def _sequential_moments(
             pruned_state = [outputs[0] for outputs in _layer_outputs(model, after, cut, batches, pruned_state)]
 
 
-def _output_error(original: onnx.ModelProto, model: onnx.ModelProto, batches: list[Batch]) -> float:
+def _output_error(original: ort.InferenceSession, model: onnx.ModelProto, batches: list[Batch]) -> float:
     """Mean squared difference of the first output (at unpadded tokens when it has a sequence axis)."""
-    runs = [session(m) for m in (original, model)]
+    compressed = session(model)
+    first = [original.get_outputs()[0].name]
     total, count = 0.0, 0
     for batch in batches:
-        reference, output = (run.run(None, batch.feeds)[0] for run in runs)
+        reference, output = original.run(first, batch.feeds)[0], compressed.run(None, batch.feeds)[0]
         reference, output = token_rows(reference, batch.tokens), token_rows(output, batch.tokens)
         total += float(np.square(reference - output, dtype=np.float64).sum())
         count += reference.size

@@ -1,4 +1,12 @@
-"""Streaming second moments: sums and cross-products accumulated batch by batch, never all activations at once."""
+"""Streaming second moments: sums and cross-products accumulated batch by batch, never all activations at once.
+
+Memory is flat in the number of rows: a layer's moments are its (units x units) products however many tokens pass.
+The products are the largest state `compress` holds (an FFN of 8,192 neurons: 268 MB in float32, twice that in
+float64), so capture accumulates them in float32; recovery, whose ridge systems are solved down to λ = 1e-5 of the
+variance, keeps float64 (`precision`). Products are taken about a shift (the first batch's mean): centred values keep
+the variance that raw second moments would lose to the square of the mean. Sums, counts and every result handed out
+(covariances, raw products) are float64.
+"""
 
 from __future__ import annotations
 
@@ -14,59 +22,114 @@ class Moments:
     dim: int
     partner_dim: int = 0
     track_partner: bool = False
+    precision: type = np.float64  # of the products (and of each batch's arithmetic)
     count: int = 0
     partner_squares: float = 0.0
-    total: np.ndarray = field(init=False)
-    gram: np.ndarray = field(init=False)
-    cross: np.ndarray = field(init=False)
-    partner_total: np.ndarray = field(init=False)
-    partner_gram: np.ndarray = field(init=False)
+    total: np.ndarray = field(init=False)  # Σ x, float64
+    partner_total: np.ndarray = field(init=False)  # Σ y, float64
+    shift: np.ndarray = field(init=False)  # s: the products below are of x - s
+    partner_shift: np.ndarray = field(init=False)  # t, for y
+    centred_gram: np.ndarray = field(init=False)  # Σ (x - s)(x - s)ᵀ
+    centred_cross: np.ndarray = field(init=False)  # Σ (x - s)(y - t)ᵀ
+    centred_partner_gram: np.ndarray = field(init=False)  # Σ (y - t)(y - t)ᵀ, when tracked
 
     def __post_init__(self) -> None:
-        self.total = np.zeros(self.dim)
-        self.gram = np.zeros((self.dim, self.dim))
-        self.cross = np.zeros((self.dim, self.partner_dim))
-        self.partner_total = np.zeros(self.partner_dim)
-        self.partner_gram = np.zeros((self.partner_dim, self.partner_dim) if self.track_partner else (0, 0))
+        self.total, self.partner_total = np.zeros(self.dim), np.zeros(self.partner_dim)
+        kind = self.precision
+        self.shift, self.partner_shift = np.zeros(self.dim, kind), np.zeros(self.partner_dim, kind)
+        self.centred_gram = np.zeros((self.dim, self.dim), kind)
+        self.centred_cross = np.zeros((self.dim, self.partner_dim), kind)
+        partner = (self.partner_dim, self.partner_dim) if self.track_partner else (0, 0)
+        self.centred_partner_gram = np.zeros(partner, kind)
 
     def add(self, rows: np.ndarray, partner: np.ndarray | None = None) -> None:
-        rows = rows.astype(np.float64, copy=False)
+        rows = np.asarray(rows, self.precision)
+        first = self.count == 0 and len(rows) > 0
+        if first:
+            self.shift = rows.mean(axis=0)
+        centred = rows - self.shift
         self.count += len(rows)
-        self.total += rows.sum(axis=0)
-        self.gram += rows.T @ rows
+        self.total += rows.sum(axis=0, dtype=np.float64)
+        self.centred_gram += centred.T @ centred
         if self.partner_dim:
-            partner = partner.astype(np.float64, copy=False)
-            self.cross += rows.T @ partner
-            self.partner_total += partner.sum(axis=0)
-            self.partner_squares += float(np.einsum("ij,ij->", partner, partner))
+            partner = np.asarray(partner, self.precision)
+            if first:
+                self.partner_shift = partner.mean(axis=0)
+            partner_centred = partner - self.partner_shift
+            self.centred_cross += centred.T @ partner_centred
+            self.partner_total += partner.sum(axis=0, dtype=np.float64)
+            self.partner_squares += float(np.einsum("ij,ij->", partner, partner, dtype=np.float64))
             if self.track_partner:
-                self.partner_gram += partner.T @ partner
+                self.centred_partner_gram += partner_centred.T @ partner_centred
 
     def merged(self, other: Moments) -> Moments:
-        """The moments of both sets of rows together."""
-        both = Moments(self.dim, self.partner_dim, self.track_partner)
+        """The moments of both sets of rows together (about this one's shifts)."""
+        both = Moments(self.dim, self.partner_dim, self.track_partner, self.precision)
         both.count, both.partner_squares = self.count + other.count, self.partner_squares + other.partner_squares
-        for name in ("total", "gram", "cross", "partner_total", "partner_gram"):
-            setattr(both, name, getattr(self, name) + getattr(other, name))
+        both.total, both.partner_total = self.total + other.total, self.partner_total + other.partner_total
+        both.shift, both.partner_shift = self.shift, self.partner_shift
+        x, y = self.shift, self.partner_shift
+        both.centred_gram = (self._gram_about(x) + other._gram_about(x)).astype(self.precision)
+        both.centred_cross = (self._cross_about(x, y) + other._cross_about(x, y)).astype(self.precision)
+        if self.track_partner:
+            partner = self._partner_gram_about(y) + other._partner_gram_about(y)
+            both.centred_partner_gram = partner.astype(self.precision)
         return both
+
+    def _gram_about(self, shift: np.ndarray) -> np.ndarray:
+        return _about(self.centred_gram, self.count, (self.total, self.shift, shift), (self.total, self.shift, shift))
+
+    def _cross_about(self, shift: np.ndarray, partner_shift: np.ndarray) -> np.ndarray:
+        partner = (self.partner_total, self.partner_shift, partner_shift)
+        return _about(self.centred_cross, self.count, (self.total, self.shift, shift), partner)
+
+    def _partner_gram_about(self, shift: np.ndarray) -> np.ndarray:
+        partner = (self.partner_total, self.partner_shift, shift)
+        return _about(self.centred_partner_gram, self.count, partner, partner)
+
+    @property
+    def gram(self) -> np.ndarray:
+        """Σ x xᵀ, float64."""
+        return self._gram_about(np.zeros(self.dim))
+
+    @property
+    def cross(self) -> np.ndarray:
+        """Σ x yᵀ, float64."""
+        return self._cross_about(np.zeros(self.dim), np.zeros(self.partner_dim))
 
     @property
     def mean(self) -> np.ndarray:
         return self.total / max(self.count, 1)
 
     def covariance(self) -> np.ndarray:
-        mean = self.mean
-        return self.gram / max(self.count, 1) - np.outer(mean, mean)
+        return self._covariance("gram", self.total, self.shift, self.total, self.shift)
 
     def cross_covariance(self) -> np.ndarray:
-        n = max(self.count, 1)
-        return self.cross / n - np.outer(self.mean, self.partner_total / n)
+        return self._covariance("cross", self.total, self.shift, self.partner_total, self.partner_shift)
 
     def partner_covariance(self) -> np.ndarray:
+        totals, shift = self.partner_total, self.partner_shift
+        return self._covariance("partner_gram", totals, shift, totals, shift)
+
+    def _covariance(self, product: str, a_total, s, b_total, t) -> np.ndarray:
+        """E[(a - s)(b - t)ᵀ] - E[a - s] E[b - t]ᵀ: the covariance, from the centred product."""
         n = max(self.count, 1)
-        mean = self.partner_total / n
-        return self.partner_gram / n - np.outer(mean, mean)
+        a_mean, b_mean = a_total / n - s, b_total / n - t
+        return getattr(self, f"centred_{product}").astype(np.float64) / n - np.outer(a_mean, b_mean)
 
     def second_moment_diag(self) -> np.ndarray:
         """E[x²] per unit: the squared activation norm (over rows) divided by the row count."""
-        return np.diag(self.gram) / max(self.count, 1)
+        n = max(self.count, 1)
+        s = self.shift.astype(np.float64)
+        centred_total = self.total - self.count * s
+        return (np.diag(self.centred_gram).astype(np.float64) + 2 * s * centred_total + self.count * s * s) / n
+
+
+def _about(centred: np.ndarray, count: int, left: tuple, right: tuple) -> np.ndarray:
+    """Σ (a - l)(b - r)ᵀ in float64, from the centred product Σ (a - s)(b - t)ᵀ; `left` is (Σ a, s, l), `right`
+    (Σ b, t, r)."""
+    (a_total, s, new_s), (b_total, t, new_t) = left, right
+    delta_a, delta_b = s.astype(np.float64) - new_s, t.astype(np.float64) - new_t
+    a_centred, b_centred = a_total - count * s.astype(np.float64), b_total - count * t.astype(np.float64)
+    outer = np.outer(a_centred, delta_b) + np.outer(delta_a, b_centred) + count * np.outer(delta_a, delta_b)
+    return centred.astype(np.float64) + outer

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 
 def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.dtype] | None = None) -> onnx.ModelProto:
-    """A copy that computes only `outputs` (any tensors of the graph): nodes they do not depend on are dropped.
+    """A copy that computes only `outputs` (any tensors of the graph): nodes they do not depend on are dropped, and
+    only the initializers the rest reads are copied.
 
     Tensors named in `cut` (with their element types) become graph inputs: what produced them is not computed,
     their values are fed. The model's own graph inputs stay declared, so the same feeds work for every truncation.
@@ -27,12 +28,20 @@ def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.d
         if node is not None and name not in cut:
             stack.extend(i for i in node.input if i)
     result = onnx.ModelProto()
-    result.CopyFrom(model)
-    graph = result.graph
-    nodes = [n for n in graph.node if any(o in needed and o not in cut for o in n.output)]
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.node[:], graph.initializer[:], graph.output[:], graph.value_info[:]
-    graph.node.extend(nodes)
+    for field, value in model.ListFields():  # everything but the graph, whose parts are taken as needed below
+        if field.name == "graph":
+            continue
+        if field.is_repeated:
+            getattr(result, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(result, field.name).CopyFrom(value)
+        else:
+            setattr(result, field.name, value)
+    graph, source = result.graph, model.graph
+    graph.name = source.name
+    graph.input.extend(source.input)
+    graph.node.extend(n for n in source.node if any(o in needed and o not in cut for o in n.output))
+    initializers = [t for t in source.initializer if t.name in needed]
     graph.input.extend(
         onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)
         for name, dtype in cut.items()
