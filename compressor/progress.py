@@ -8,7 +8,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+STEPS = 10  # a log (not a terminal) gets a line at every tenth of a stage
 
 
 class Reporter:
@@ -27,12 +36,19 @@ class Reporter:
 
     @contextmanager
     def stage(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """Yield a function that advances the stage by n items."""
+        """Yield a function that advances the stage by n items; the display says how long is left."""
         if self.quiet:
             yield lambda n: None
             return
         if self.terminal:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+            )
             with Progress(*columns, transient=True) as bar:
                 task = bar.add_task(description, total=total)
                 yield lambda n: bar.advance(task, n)
@@ -41,7 +57,11 @@ class Reporter:
         done = [0]
 
         def advance(n: int) -> None:
-            done[0] += n
+            before, done[0] = done[0], done[0] + n
+            if done[0] < total and before * STEPS // max(total, 1) < done[0] * STEPS // max(total, 1):
+                elapsed = time.perf_counter() - start
+                left = elapsed * (total - done[0]) / done[0]
+                self.line(f"{description}: {done[0]}/{total}, {elapsed:.0f} s, about {left:.0f} s left")
 
         yield advance
         self.line(f"{description}: {done[0]}/{total} in {time.perf_counter() - start:.1f} s")
