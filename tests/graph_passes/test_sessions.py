@@ -40,7 +40,7 @@ def test_a_whole_compress_run_through_files_gives_the_same_model(tiny_folder, mo
     """Every ORT session (shape probe, capture, recovery, validation, fidelity) and the checker go through files;
     the result equals the in-memory run's, the input model is not changed, and no temporary folder is left."""
     source = load_model(tiny_folder / "model.onnx")
-    options = dict(keep=0.5, samples=48, tokenizer=tiny_folder)
+    options = {"keep": 0.5, "samples": 48, "tokenizer": tiny_folder}
     in_memory = compress(source, tiny_folder / "calib.tsv", **options)
     monkeypatch.setattr(sessions, "SERIALIZED_LIMIT", 0)
     monkeypatch.setattr(sessions, "PROTOBUF_LIMIT", 0)
