@@ -7,7 +7,8 @@
 `--only edge` remeasures the edge-latency section alone (bench/edge_latency.py), `--only decoder` the decoder
 perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--only decoder-speed` the speed of a
 150M random-weight Llama before and after compress (bench/decoder_speed.py), and rewrite the page from the other
-sections' stored rows (bench/results/compare.json). Any model folder (model.onnx plus tokenizer) and any
+sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
+encoders of three sizes (bench/size.py). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
 magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
@@ -37,6 +38,7 @@ from bench.flops import matmul_flops_per_token
 from bench.int4_tables import int4_markdown, int4_rows
 from bench.int4_tables import measured_at as int4_measured_at
 from bench.machine import describe, header_line
+from bench.size import SHAPES, size_markdown, size_rows
 from bench.unstructured_pruning import magnitude_zeroed
 from compressor import compress
 from compressor.evaluation import evaluate_file
@@ -269,6 +271,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += speed_markdown(found["points"], found["flops"], args.runs, args.threads)
     lines += edge_markdown(found["edge"], args.runs) if "edge" in found else []
     lines += decoder_markdown(found["decoder"]) if "decoder" in found else []
+    lines += size_markdown(found["size"]) if "size" in found else []
     lines += int4_markdown(found["int4"]["rows"], found["int4"]["commit"]) if "int4" in found else []
     lines += decoder_speed_markdown(found["decoder_speed"]) if "decoder_speed" in found else []
     lines += accuracy_tables.accuracy_markdown(
@@ -292,7 +295,7 @@ def main() -> None:
     parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
     parser.add_argument(
         "--only",
-        choices=["edge", "decoder", "decoder-speed", "int4"],
+        choices=["edge", "decoder", "decoder-speed", "int4", "size"],
         help="remeasure one section, keep the stored rows of the others",
     )
     args = parser.parse_args()
@@ -307,6 +310,8 @@ def main() -> None:
     if args.only in (None, "decoder-speed"):
         with tempfile.TemporaryDirectory(prefix="mi-decoder-speed-") as folder:
             found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=10, warmup=2)
+    if args.only in (None, "size"):
+        found["size"] = size_rows(list(SHAPES))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     args.out.write_text(render(args, found["machine"], found))
