@@ -10,7 +10,10 @@ z: all units as the original model computes them; x: the kept units, either as t
 default: one ONNX Runtime pass of the original; the removed units' contribution is re-expressed through the kept
 ones that predict it) or as the pruned model computes them with every layer below already refit (layer by layer,
 each model cut down to one layer and fed with that layer's input as it computed it; on minilm-sst2 this measured
-lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). Only second moments are kept. λ is chosen on held-out
+lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). With "stream" inputs the target is where the original
+stream would be after the projection's residual add, so that each refit also makes up for the layers below (error
+compensation; on stories260k it measured lower perplexity than either, see BENCHMARKS.md's decoder notes). Only
+second moments are kept. λ is chosen on held-out
 calibration tokens; a refit that does not lower its held-out error is not applied; an applied one is solved again
 with its λ on all calibration tokens (more data for the weights; at keep 0.6 on minilm-sst2 this measured +0.5 points
 of dev accuracy). Refits that do not bring the model's output closer to the original's on the held-out tokens are all
@@ -45,7 +48,7 @@ from graph_passes import (
     truncated,
 )
 
-REFIT_INPUTS = ("original", "pruned")
+REFIT_INPUTS = ("original", "pruned", "stream")
 RIDGES = (
     1e-5,
     3e-5,
@@ -75,6 +78,7 @@ class Projection:
     rows: np.ndarray  # kept input indices
     target: np.ndarray  # original [W; b] as (all inputs + 1, kept outputs), float32: y = [z, 1] @ target
     has_bias: bool
+    columns: np.ndarray  # kept output indices
     skip: str | None = None  # why it is left as sliced
 
     def outputs(self, z: np.ndarray) -> np.ndarray:
@@ -124,6 +128,7 @@ def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[P
                         rows=kept_along(analysis, masks, weight, linear.in_axis),
                         target=np.vstack([matrix, bias_row], dtype=np.float32)[:, cols],
                         has_bias=biases[0] is not None,
+                        columns=cols,
                         skip=_unequal_biases(biases),
                     )
                 )
@@ -190,7 +195,7 @@ def recover(
 
     `inputs`: "original" fits each projection on the original model's activations (one pass of the original);
     "pruned" fits it on what the pruned model computes once every layer below is refit (a pass per projection,
-    each covering one layer). Each refit must lower its projection's held-out error; the whole must lower the
+    each covering one layer); "stream" also, with the original stream as target (`_compensated_moments`). Each refit must lower its projection's held-out error; the whole must lower the
     held-out error of the model's output, or the sliced model is returned unchanged. `original`: a session of
     `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made.
     """
@@ -199,12 +204,14 @@ def recover(
     model = normalize(pruned)
     batches = _batches(calibration, indices, batch_size)
     found = projections(analysis, masks)
-    if inputs == "pruned":
+    if inputs != "original":
         found = [p if len(p.activations) == 1 else replace(p, skip=p.skip or SHARED_PRUNED) for p in found]
     if inputs == "original":
         moments = _original_moments(original, found, batches)
-    else:
+    elif inputs == "pruned":
         moments = _sequential_moments(analysis, model, found, batches)
+    else:
+        moments = _compensated_moments(analysis, model, found, batches)
     refits = []
     for projection, (fit, check) in zip(found, moments):
         refit, weights = _refit(projection, fit, check)
@@ -258,6 +265,50 @@ def _sequential_moments(
         if after:
             original_state = original_next
             pruned_state = [outputs[0] for outputs in _layer_outputs(model, after, cut, batches, pruned_state)]
+
+
+def _compensated_moments(
+    analysis: GraphAnalysis, model: onnx.ModelProto, found: list[Projection], batches: list[Batch]
+) -> Iterator[tuple[Moments, Moments]]:
+    """For every projection in graph order, x = what `model` computes at the kept inputs, y = the original
+    projection's output plus what the pruned model's stream lacks where that output is added (the original stream
+    there minus the pruned one). The refit then also makes up for the error of every layer below: the stream after
+    it comes as close to the original's as the kept units allow (error compensation).
+
+    Lazy: the caller writes each refit into `model` before asking for the next; each projection costs one pass of
+    each model, cut down to what the projection needs.
+    """
+    for projection in found:
+        stream = residual_stream(analysis.model, analysis.linear(projection.weight).node_index)
+        names = [projection.activations[0]] + ([stream] if stream else [])
+        runs = [session(truncated(m, names)) for m in (analysis.model, model)]
+        fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
+        for batch in batches:
+            before, after = ([token_rows(v, batch.tokens) for v in run.run(names, batch.feeds)] for run in runs)
+            target = projection.outputs(before[0])
+            if stream:
+                target = target + before[1][:, projection.columns] - after[1]
+            (check if batch.held_out else fit).add(after[0], target)
+        yield fit, check
+
+
+def residual_stream(model: onnx.ModelProto, node_index: int) -> str | None:
+    """The stream that the output of the linear node is added to (past a bias Add), or None when it is not added
+    to one by a plain Add (a fused skip-add)."""
+    constants = {t.name for t in model.graph.initializer} | {
+        out for node in model.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    tensor = model.graph.node[node_index].output[0]
+    while len(readers := consumers.get(tensor, [])) == 1 and readers[0].op_type == "Add":
+        other = next((name for name in readers[0].input if name != tensor), None)
+        if other is None or other not in constants:
+            return other
+        tensor = readers[0].output[0]
+    return None
 
 
 def _output_error(original: ort.InferenceSession, model: onnx.ModelProto, batches: list[Batch]) -> float:

@@ -12,7 +12,7 @@ from compressor import compress, recovery
 from compressor.calibration import from_arrays
 from compressor.capture import capture_session, token_mask
 from compressor.fidelity import session
-from compressor.recovery import CHECK_EVERY, RIDGES, projections, recover
+from compressor.recovery import CHECK_EVERY, RIDGES, projections, recover, residual_stream
 from graph_passes import (
     analyze,
     apply_masks,
@@ -51,13 +51,14 @@ def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-@pytest.mark.parametrize("inputs", ["original", "pruned"])
+@pytest.mark.parametrize("inputs", ["original", "pruned", "stream"])
 @pytest.mark.parametrize("position", [0, 3])
 def test_a_refit_equals_a_direct_ridge_solve(export_cache, inputs, position):
     """x from the original (or the pruned model, every projection below refit), y = the original projection's
-    output on the original activations, over all tokens (λ was chosen on the held-out ones, its scale set by the fit
-    ones): the written weights solve the ridge system the report names. Position 0 is layer 0's attention output
-    projection, 3 is layer 1's FFN down projection."""
+    output on the original activations (with "stream" inputs, plus the original stream minus the pruned one where
+    that output is added), over all tokens (λ was chosen on the held-out ones, its scale set by the fit ones): the
+    written weights solve the ridge system the report names. Position 0 is layer 0's attention output projection,
+    3 is layer 1's FFN down projection."""
     analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
     pruned = apply_masks(analysis, masks)
     indices = list(range(len(data)))
@@ -79,6 +80,11 @@ def test_a_refit_equals_a_direct_ridge_solve(export_cache, inputs, position):
     else:  # the model as it was when this projection was refit: the earlier refits applied, not the later ones
         earlier = _with_refits(pruned, recovered, projections(analysis, masks)[:position])
         x = capture_session(earlier, [first.activations[0]]).run([first.activations[0]], feeds)[0][tokens].astype(np.float64)
+    if inputs == "stream":
+        stream = residual_stream(analysis.model, analysis.linear(first.weight).node_index)
+        lacking = [capture_session(m, [stream]).run([stream], feeds)[0][tokens] for m in (analysis.model, earlier)]
+        assert (position == 3) == (np.abs(lacking[0] - lacking[1]).max() > 1e-3)  # layer 0 pruned below layer 1
+        y += lacking[0] - lacking[1]
     design = np.hstack([x, np.ones((len(x), 1))])
     gram = design.T @ design / len(x)
     penalty = np.diag(np.r_[np.ones(x.shape[1]), 0.0]) * np.mean(np.square(x[fitted]).mean(axis=0))
@@ -115,11 +121,12 @@ def test_refits_lower_held_out_error_and_bring_outputs_closer(export_cache, arch
     assert gap["recovered"] < gap["sliced"]
 
 
+@pytest.mark.parametrize("inputs", ["pruned", "stream"])
 @pytest.mark.parametrize("style", STYLES)
-def test_refits_on_pruned_inputs_bring_outputs_closer(export_cache, style):
+def test_refits_on_pruned_inputs_bring_outputs_closer(export_cache, style, inputs):
     analysis, masks, data = _setup(export_cache, "roberta", style, samples=60)
     pruned = apply_masks(analysis, masks)
-    result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16, inputs="pruned")
+    result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16, inputs=inputs)
     onnx.checker.check_model(result.model)
     assert result.kept and result.output_error["refit"] < result.output_error["sliced"]
 
