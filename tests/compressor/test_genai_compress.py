@@ -213,3 +213,11 @@ def test_eval_and_bench_take_a_genai_folder(compressed, calibration_text, capsys
     assert run_cli(["bench", str(GENAI / "llama-gqa-fp32"), str(out), *args]) == 0
     table = capsys.readouterr().out
     assert "prefill" in table and "decode" in table
+
+
+def test_a_pruned_hidden_stream_is_written_to_genai_config_and_generates(compressed):
+    out, report = compressed("llama-gqa-fp32", "--granularity", "heads,ffn,hidden")
+    (hidden,) = (g for g in report["groups"] if g["kind"] == "hidden")
+    assert read_config(out)["model"]["decoder"]["hidden_size"] == hidden["units_after"] < hidden["units_before"]
+    _, tokens = ort_greedy(out)
+    assert genai_greedy(out) == tokens
