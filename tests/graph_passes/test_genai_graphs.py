@@ -422,3 +422,47 @@ def test_fused_rotary_attention_with_a_cache_prunes_like_the_same_graph_built_fr
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
     original = _prefill_and_step(analysis.model, kind, x)
     assert np.abs(original[0] - got[0]).max() > 1e-3  # pruning changed the output
+
+
+def _fused(model: onnx.ModelProto, config: transformers.PretrainedConfig, folder: Path) -> onnx.ModelProto:
+    """ONNX Runtime's transformer optimizer on `model` (on optimum's Llama and Qwen2 exports it fuses the RMSNorms into
+    SimplifiedLayerNormalization and SkipSimplifiedLayerNormalization; it fuses no decoder attention)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    path = folder / "unfused.onnx"
+    onnx.save(model, str(path))
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    return optimize_model(str(path), model_type="gpt2", num_heads=heads, hidden_size=hidden).model
+
+
+def _decoder_outputs(model: onnx.ModelProto, ids: np.ndarray) -> list[np.ndarray]:
+    from compressor.decoder import detect
+
+    session = _session(model)
+    feeds = detect(model).feeds({"input_ids": ids})
+    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fusing_then_pruning_a_decoder_equals_pruning_then_fusing(family, tmp_path):
+    torch_model = tiny_decoders.build(family)
+    plain = onnx.load(str(tiny_decoders.export_optimum(torch_model, tmp_path)))
+    fused = _fused(plain, torch_model.config, tmp_path)
+    assert {"SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"} <= {n.op_type for n in fused.graph.node}
+    plain_analysis, fused_analysis = analyze(plain), analyze(fused)
+    rng = np.random.default_rng(2)
+    masks = {}
+    for group in plain_analysis.groups:
+        if group.kind in ("heads", "ffn", "hidden"):
+            mask = rng.random(group.units) < (0.8 if group.kind == "hidden" else 0.6)
+            mask[0] = True
+            masks[group.name] = mask
+    assert {g.name for g in fused_analysis.groups if g.prunable} >= set(masks)
+    pruned_then_fused = _fused(apply_masks(plain_analysis, masks), torch_model.config, tmp_path)
+    fused_then_pruned = apply_masks(fused_analysis, masks)
+    ids = tiny_decoders.sample_ids(2, 7)
+    expected = _decoder_outputs(pruned_then_fused, ids)
+    got = _decoder_outputs(fused_then_pruned, ids)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+    assert np.abs(_decoder_outputs(fused, ids)[0] - got[0]).max() > 1e-3  # the pruning changed the logits
