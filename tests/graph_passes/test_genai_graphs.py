@@ -1,7 +1,10 @@
 """Decoders built by ONNX Runtime GenAI's model builder (tests/fixtures/genai/): GroupQueryAttention (packed or separate
 Q, K, V, rotary inside), SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization and MatMulNBits. KV-group and
 FFN masks prune them; the pruned model gives the logits of the same pruning done by hand on the transformers source,
-and, written into a GenAI folder, onnxruntime_genai greedy-generates what a plain ONNX Runtime loop does."""
+and, written into a GenAI folder, onnxruntime_genai greedy-generates what a plain ONNX Runtime loop does. Then the
+fusions of ONNX Runtime's tools: RotaryEmbedding before MultiHeadAttention with a cache or GroupQueryAttention with
+do_rotary=0 (against the same graph built from weights pruned by hand), and its transformer optimizer's RMSNorm
+fusions on optimum exports (fusing then pruning equals pruning then fusing)."""
 
 from __future__ import annotations
 
