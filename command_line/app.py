@@ -180,7 +180,11 @@ def run(
         bool, typer.Option("--recover/--no-recover", help="refit the projections after pruned units by least squares")
     ] = True,
     refit_inputs: Annotated[
-        str, typer.Option(help="recovery fits on the activations of the 'original' model or of the 'pruned' one")
+        str,
+        typer.Option(
+            help="recovery fits on the activations of the 'original' model or of the 'pruned' one, or ('stream') on "
+            "the pruned one's against the original stream after each residual add"
+        ),
     ] = "original",
     optimize: Annotated[
         bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is not slower")
