@@ -22,6 +22,8 @@ from pathlib import Path
 from bench.large_models import Shape, build
 
 SHAPES = {
+    "bert-mini": Shape(layers=4, hidden=256, heads=4, ffn=1024),
+    "bert-small": Shape(layers=4, hidden=512, heads=8, ffn=2048),
     "bert-base": Shape(layers=12, hidden=768, heads=12, ffn=3072),
     "bert-large": Shape(layers=24, hidden=1024, heads=16, ffn=4096),
     "2.9 GB": Shape(layers=24, hidden=1600, heads=25, ffn=6400),
@@ -61,15 +63,17 @@ def measure(name: str, shape: Shape, folder: Path) -> dict:
     }
 
 
-def size_rows(names: list[str]) -> list[dict]:
+def size_rows(names: list[str], note: str = "") -> list[dict]:
+    """One row per shape; `note` says what else the machine was doing (the timings depend on it)."""
     rows = []
     for name in names:
         with tempfile.TemporaryDirectory(prefix="mi-size-") as folder:
-            rows.append(measure(name, SHAPES[name], Path(folder)))
+            rows.append({**measure(name, SHAPES[name], Path(folder)), "note": note})
     return rows
 
 
 def size_markdown(rows: list[dict]) -> list[str]:
+    missing = [name for name in SHAPES if name not in {row["name"] for row in rows}]
     lines = [
         "## Model size: time and memory of `compress`",
         "",
@@ -91,13 +95,19 @@ def size_markdown(rows: list[dict]) -> list[str]:
             f"| {row['name']} | {row['parameters'] / 1e6:.0f} M | {row['weights_gb']:.2f} | {row['seconds']:.0f} | "
             f"{row['peak_rss_gb']:.2f} | {row['peak_over_weights']:.2f}x | {by_stage} |"
         )
+    notes = list(dict.fromkeys(row["note"] for row in rows if row.get("note")))
+    lines += [""] + [f"Machine: {note}" for note in notes] if notes else []
+    if missing:
+        lines += ["", f"Not measured in this run: {', '.join(missing)}."]
     return lines + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
-    rows = size_rows(parser.parse_args().shapes.split(","))
+    parser.add_argument("--note", default="", help="what else the machine runs meanwhile, printed under the table")
+    args = parser.parse_args()
+    rows = size_rows(args.shapes.split(","), args.note)
     print(json.dumps(rows, indent=1))
     print("\n".join(size_markdown(rows)))
 
