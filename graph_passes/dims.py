@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graph_passes.shape_arithmetic import Quotient
+from graph_passes.shape_arithmetic import Product, Quotient
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class DimGraph:
     packers: dict[int, tuple[str, str]] = field(default_factory=dict)  # sections flat -> (node, op type) making it
     blockers: dict[int, list[Blocker]] = field(default_factory=dict)
     quantized: list[tuple[int, int, str]] = field(default_factory=list)  # (dim, block size, node): K of MatMulNBits
-    quotients: list[Quotient] = field(default_factory=list)  # run-time sizes divided by a constant
-    spelled: list[tuple[int, int]] = field(default_factory=list)  # (node index, dim): a Div whose divisor is a size
+    scaled: list[Quotient | Product] = field(default_factory=list)  # run-time sizes divided or multiplied by a constant
+    spelled: list[tuple[int, int, int]] = field(default_factory=list)  # (node index, input slot, dim): a constant size
 
     def new(self, size: int) -> int:
         self.parent.append(len(self.parent))
@@ -146,7 +146,7 @@ class DimGraph:
         (the inner one first, as in `batch x heads // heads`), which the slicer rewrites when that factor is
         pruned, and the quotient is the other factor, to which its users are tied. A quotient that divides no
         factorization out blocks its users."""
-        for quotient in self.quotients:
+        for quotient in (q for q in self.scaled if isinstance(q, Quotient)):
             factors = self.factorization(quotient.flat)
             if factors is None or quotient.divisor not in (self.size[factors[1]], self.size[factors[0]]):
                 reason = "a size computed by dividing by a constant that is no factor of it"
@@ -155,9 +155,33 @@ class DimGraph:
                 continue
             outer, inner = factors
             spelled, result = (inner, outer) if self.size[inner] == quotient.divisor else (outer, inner)
-            self.spelled.append((quotient.index, spelled))
+            self._spell(quotient.index, 1, spelled, quotient.node)
             for user in quotient.users:
                 self.union(user, result)
+        for product in (p for p in self.scaled if isinstance(p, Product)):
+            for user in product.users:
+                self._resolve_product(product, user)
+
+    def _spell(self, index: int, slot: int, dim: int, node: str) -> None:
+        """Record that input `slot` of node number `index` spells the size of `dim`; one constant that would have
+        to spell two different dimensions (layers sharing one shape computation) blocks both."""
+        for other_index, other_slot, other in self.spelled:
+            if (other_index, other_slot) == (index, slot) and self.find(other) != self.find(dim):
+                reason = "one constant spells the sizes of several groups (a shape computation shared between them)"
+                self.block(dim, Blocker(node, "", reason))
+                self.block(other, Blocker(node, "", reason))
+        if (index, slot, self.find(dim)) not in {(i, s, self.find(d)) for i, s, d in self.spelled}:
+            self.spelled.append((index, slot, dim))
+
+    def _resolve_product(self, product: Product, user: int) -> None:
+        """A dimension sized size(dim) x constant must factor as (dim, constant) or (constant, dim)."""
+        factors = self.factorization(user)
+        for size, constant in (factors, factors[::-1]) if factors else ():
+            if self.find(size) == self.find(product.dim) and self.size[constant] == product.factor:
+                self._spell(product.index, product.slot, constant, product.node)
+                return
+        reason = "a size computed by multiplying by a constant that is no factor of it"
+        self.block(user, Blocker(product.node, "Mul", reason))
 
     def _block_factors_of_blocked_flats(self) -> None:
         """What blocks a flat axis blocks its factors: heads merged with the batch (DeBERTa's (batch x heads, ...)
@@ -180,7 +204,8 @@ class DimGraph:
             spans = sorted({(p.start, p.stop, self.find(p.part)) for p in pieces})
             tiles = [s for s, _, _ in spans] == [0] + [e for _, e, _ in spans[:-1]] and spans[-1][1] == self.size[flat]
             fixed = [p for p in pieces if p.fixed]
-            if tiles and not fixed:
+            single = all(stop - start == 1 for start, stop, _ in spans)  # entries of (3, heads, head_dim): unrolled
+            if tiles and (single or not fixed):
                 self.concatenate(flat, [part for _, _, part in spans], pieces[0].node, "Slice")
                 continue
             node = (fixed or pieces)[0].node

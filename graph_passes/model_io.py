@@ -179,13 +179,14 @@ def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def share_equal_initializers(model: onnx.ModelProto) -> None:
-    """Let equal initializers (same type, shape and bytes) be one tensor again, in place."""
+def share_equal_initializers(model: onnx.ModelProto, max_rank: int | None = None) -> None:
+    """Let equal initializers (same type, shape and bytes) be one tensor again, in place; with `max_rank`, only
+    those of at most that rank (what `normalize` unshares), so that every matrix keeps its name."""
     graph_io = {v.name for v in list(model.graph.input) + list(model.graph.output)} | subgraph_inputs(model.graph)
     first: dict[tuple, str] = {}
     rename: dict[str, str] = {}
     for tensor in model.graph.initializer:
-        if tensor.name in graph_io:
+        if tensor.name in graph_io or (max_rank is not None and len(tensor.dims) > max_rank):
             continue
         key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(numpy_helper.to_array(tensor).tobytes()).digest())
         if key in first:

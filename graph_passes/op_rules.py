@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from graph_passes.dims import Blocker, DimGraph, Piece
-from graph_passes.shape_arithmetic import Entry, Quotient, Size, entries
+from graph_passes.shape_arithmetic import Entry, Product, Quotient, Size, entries
 
 
 @dataclass(frozen=True)
@@ -557,14 +557,15 @@ def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 
 def _follows(ctx: RuleContext, dim: int, entry: Entry) -> bool:
-    """Tie `dim` to the run-time size `entry` spells, when it spells one (a quotient ties once it is resolved)."""
+    """Tie `dim` to the run-time size `entry` spells, when it spells one (a quotient or a product once the
+    factorizations settle)."""
     if isinstance(entry, Size):
         ctx.dims.union(dim, entry.dim)
-    elif isinstance(entry, Quotient):
+    elif isinstance(entry, Quotient | Product):
         entry.users.append(dim)
-        if entry not in ctx.dims.quotients:
-            ctx.dims.quotients.append(entry)
-    return isinstance(entry, Size | Quotient)
+        if entry not in ctx.dims.scaled:
+            ctx.dims.scaled.append(entry)
+    return isinstance(entry, Size | Quotient | Product)
 
 
 def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:

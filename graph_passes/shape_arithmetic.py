@@ -1,9 +1,9 @@
 """Shape arithmetic: which run-time sizes the small integer tensors of a graph spell.
 
 Exporters compute shapes at run time (Shape -> Gather -> Div -> Concat -> Tile/Expand). An entry of such a tensor
-is a constant, the size of a dimension class (it follows pruning by itself), or a quotient of a dimension's size by
-a constant (`batch x heads // heads`): the constant then spells one factor of that dimension, and must be rewritten
-when the factor is pruned. Anything else is unknown, and the rules that read it stay conservative.
+is a constant, the size of a dimension class (it follows pruning by itself), a quotient of a dimension's size by a
+constant (`batch x heads // heads`) or a product of one with a constant (`heads x batch`): the constant then spells
+one factor of a dimension, and must be rewritten when the factor is pruned. Anything else is unknown, and the rules that read it stay conservative.
 """
 
 from __future__ import annotations
@@ -37,7 +37,21 @@ class Quotient:
     users: list[int] = field(default_factory=list)
 
 
-Entry = int | Size | Quotient | None
+@dataclass(eq=False)
+class Product:
+    """size(`dim`) x `factor`, the constant input `slot` of the Mul node `node` (number `index`): after the
+    factorizations settle, each user is a dimension that factors as (`dim`, factor) or (factor, `dim`), and the
+    constant spells that factor (`DimGraph`)."""
+
+    dim: int
+    factor: int
+    node: str
+    index: int
+    slot: int
+    users: list[int] = field(default_factory=list)
+
+
+Entry = int | Size | Quotient | Product | None
 
 
 def entries(ctx, name: str) -> list[Entry] | None:
@@ -139,6 +153,10 @@ def _combine(node: onnx.NodeProto, ctx, row: list[Entry]) -> Entry:
         return right
     if op == "Div" and isinstance(left, Size) and isinstance(right, int) and right > 1 and node.input[1] in ctx.static:
         return Quotient(left.dim, right, node.name, ctx.node_index)
+    if op == "Mul":  # a size times a constant: (batch x heads) written as heads x batch
+        for slot, (size, constant) in enumerate(((right, left), (left, right))):
+            if isinstance(size, Size) and isinstance(constant, int) and constant > 1 and node.input[slot] in ctx.static:
+                return Product(size.dim, constant, node.name, ctx.node_index, slot)
     return None
 
 

@@ -34,7 +34,7 @@ def apply_masks(
         _resize_interface(model, analysis, plan)
     del model.graph.value_info[:]
     _drop_unused_initializers(model)
-    share_equal_initializers(model)
+    share_equal_initializers(model, max_rank=1)  # a matrix keeps its name: recovery refits it by name
     return model
 
 
@@ -338,18 +338,18 @@ def _rewrite_split_sizes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: 
 
 
 def _rewrite_divisors(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
-    """A Div of a run-time size by a constant that spells a pruned factor of it (`batch x heads // heads`) gets its
-    own constant: the factor's kept size."""
+    """A Div or Mul of a run-time size by a constant that spells a pruned factor (`batch x heads // heads`,
+    `heads x batch`) gets its own constant: the factor's kept size."""
     dims = analysis.dims
-    for index, dim in dims.spelled:
+    for index, slot, dim in dims.spelled:
         kept = plan.get(dims.find(dim))
         if kept is None:
             continue
         node = model.graph.node[index]
-        old = analysis.values[node.input[1]]
-        name = f"{node.input[1]}__pruned_{node.name or node.output[0]}"
+        old = analysis.values[node.input[slot]]
+        name = f"{node.input[slot]}__pruned_{node.name or node.output[0]}"
         model.graph.initializer.append(numpy_helper.from_array(np.full_like(old, len(kept)), name))
-        node.input[1] = name
+        node.input[slot] = name
 
 
 def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import transformers
 from tiny_models import randomize_norms
@@ -121,3 +122,41 @@ def export_optimum(model: torch.nn.Module, family: str, folder: Path, opset: int
         warnings.simplefilter("ignore")
         onnx_export_from_model(copy.deepcopy(model), folder, opset=opset, task=task, do_validation=False)
     return folder / "model.onnx"
+
+
+class _Logits(torch.nn.Module):
+    """Positional inputs in, logits out: the form `torch.onnx.export` takes."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, args))).logits
+
+
+def export_dynamo(model: torch.nn.Module, family: str, path: Path) -> Path:
+    """`torch.onnx.export(dynamo=True)`, opset 18, batch (and sequence) dynamic, weights inside the file."""
+    feeds = sample_inputs(family, 2, 7)
+    names = list(feeds)
+    batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", min=2, max=64)
+    shapes = {"args": tuple({0: batch} if name == "pixel_values" else {0: batch, 1: seq} for name in names)}
+    args = tuple(torch.from_numpy(feeds[name]) for name in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Logits(copy.deepcopy(model), names).eval(),
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=18,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        onnx.save(onnx.load(str(path)), str(path))
+        data.unlink()
+    return path

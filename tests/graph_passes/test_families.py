@@ -108,7 +108,7 @@ def test_relative_position_projections_shrink_with_their_heads(family_cache):
         projections = ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj")
         assert biases == {f"deberta.encoder.layer.{layer}.attention.self.{name}.bias" for name in projections}
         assert len(group.writers) == 5
-    divisors = [analysis.model.graph.node[index] for index, _ in analysis.dims.spelled]
+    divisors = [analysis.model.graph.node[index] for index, _, _ in analysis.dims.spelled]
     assert divisors and {node.op_type for node in divisors} == {"Div"}
     assert all(analysis.values[node.input[1]] == 4 for node in divisors)
 
@@ -120,3 +120,71 @@ def test_projections_shared_by_content_and_positions_are_one_weight_applied_twic
     analysis = analyze(load_model(path))
     for group in analysis.by_kind("heads"):
         assert sorted(len(analysis.uses(w)) for w in group.writers) == [1, 2, 2]
+
+
+def prunable_counts(analysis) -> tuple[list[int], list[int]]:
+    return [g.units for g in analysis.by_kind("heads") if g.prunable], [
+        g.units for g in analysis.by_kind("ffn") if g.prunable
+    ]
+
+
+@pytest.mark.parametrize("family", tiny_families.FAMILIES)
+def test_fused_forms_have_the_plain_groups_and_prune_to_the_torch_pruning(family_cache, family):
+    """ONNX Runtime's transformer optimizer (`--optimize`) fuses LayerNorms, Gelus and, for ALBERT, the attention
+    into contrib ops: the fused graph keeps the plain export's head and FFN groups and prunes exactly."""
+    from compressor.optimization import fuse
+
+    model, path = family_cache(family)
+    fused = analyze(fuse(load_model(path)))
+    assert any(node.domain == "com.microsoft" for node in fused.model.graph.node)
+    assert prunable_counts(fused) == prunable_counts(analyze(load_model(path)))
+    masks = random_masks(fused, seed=5)
+    pruned = apply_masks(fused, masks)
+    for feeds in feeds_for(family)[:2]:
+        assert np.abs(run(pruned, feeds) - reference(model, masks, feeds)).max() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["modernbert", "vit"])
+def test_dynamo_exports_prune_to_the_torch_pruning(family_cache, tmp_path, family):
+    """torch.onnx.export(dynamo=True): ModernBERT's Q, K, V are Slices of single entries of (3, heads, head_dim),
+    unrolled into sections like a Split."""
+    model, _ = family_cache(family)
+    analysis = analyze(load_model(tiny_families.export_dynamo(model, family, tmp_path / "model.onnx")))
+    assert all(g.prunable for g in analysis.by_kind("heads") + analysis.by_kind("ffn"))
+    masks = random_masks(analysis, seed=4)
+    pruned = apply_masks(analysis, masks)
+    for feeds in feeds_for(family)[:2]:
+        assert np.abs(run(pruned, feeds) - reference(model, masks, feeds)).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_dynamo_albert_has_a_copy_of_the_shared_weights_per_layer(family_cache, tmp_path):
+    """The dynamo exporter writes ALBERT's shared layer once per depth (equal copies): a group per layer, and a
+    pruned copy keeps its own name even when it equals another (recovery refits weights by name)."""
+    model, _ = family_cache("albert")
+    analysis = analyze(load_model(tiny_families.export_dynamo(model, "albert", tmp_path / "model.onnx")))
+    assert prunable_counts(analysis) == ([4, 4, 4], [96, 96, 96])
+    heads, ffn = np.array([True, False, True, True]), np.arange(96) % 3 != 0
+    masks = {g.name: heads for g in analysis.by_kind("heads")} | {g.name: ffn for g in analysis.by_kind("ffn")}
+    pruned = apply_masks(analysis, masks)
+    names = {t.name for t in pruned.graph.initializer}
+    assert all(w in names for g in analysis.groups for w in g.readers + g.writers)
+    for feeds in feeds_for("albert")[:2]:
+        assert np.abs(run(pruned, feeds) - reference(model, {"heads[0]": heads, "ffn[0]": ffn}, feeds)).max() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["deberta", "deberta-v3"])
+def test_dynamo_deberta_keeps_the_same_heads_in_every_layer(family_cache, tmp_path, family):
+    """The dynamo exporter computes the relative position indices once, sized heads x batch (a Mul by the head
+    count), and gathers every layer's scores with them: all layers share one head group, and the count is
+    rewritten."""
+    model, _ = family_cache(family)
+    analysis = analyze(load_model(tiny_families.export_dynamo(model, family, tmp_path / "model.onnx")))
+    assert prunable_counts(analysis) == ([4], [96, 96])
+    heads = np.array([True, False, True, True])
+    pruned = apply_masks(analysis, {"heads[0]": heads})
+    for feeds in feeds_for(family)[:2]:
+        expected = tiny_families.torch_outputs(torch_reference.prune(model, {0: heads, 1: heads}), feeds)
+        assert np.abs(run(pruned, feeds) - expected).max() <= 1e-4

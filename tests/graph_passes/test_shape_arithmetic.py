@@ -126,3 +126,30 @@ def test_a_repeat_count_the_analysis_cannot_follow_keeps_the_heads_whole():
     (group,) = analysis.by_kind("heads")
     assert not group.prunable
     assert any(b.op_type == "Tile" and "cannot follow" in b.reason for b in group.blockers)
+
+
+def test_equal_pruned_copies_of_a_weight_keep_their_own_names():
+    """Two layers holding equal copies of one layer's weights (as the dynamo exporter writes ALBERT): pruned the same
+    way, each copy keeps its name, since recovery refits weights by name."""
+    rng = np.random.default_rng(0)
+    up, down = rng.standard_normal((HIDDEN, 6)).astype(np.float32), rng.standard_normal((6, HIDDEN)).astype(np.float32)
+    nodes, previous = [], "x"
+    for layer in (0, 1):
+        nodes += [
+            helper.make_node("MatMul", [previous, f"up{layer}"], [f"h{layer}"]),
+            helper.make_node("Relu", [f"h{layer}"], [f"r{layer}"]),
+            helper.make_node("MatMul", [f"r{layer}", f"down{layer}"], [f"d{layer}"]),
+            helper.make_node("Add", [previous, f"d{layer}"], [f"y{layer}" if layer == 0 else "y"]),
+        ]
+        previous = f"y{layer}"
+    weights = [
+        numpy_helper.from_array(w, f"{name}{layer}") for layer in (0, 1) for name, w in (("up", up), ("down", down))
+    ]
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", HIDDEN]) for name in ("x", "y")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "copies", io[:1], io[1:], weights), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    analysis = analyze(model)
+    mask = np.arange(6) % 2 == 0
+    pruned = apply_masks(analysis, {g.name: mask for g in analysis.groups if g.units == 6})
+    assert {"up0", "up1", "down0", "down1"} <= {t.name for t in pruned.graph.initializer}
