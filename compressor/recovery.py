@@ -293,8 +293,8 @@ def _compensated_moments(
 
 
 def residual_stream(model: onnx.ModelProto, node_index: int) -> str | None:
-    """The stream that the output of the linear node is added to (past a bias Add), or None when it is not added
-    to one by a plain Add (a fused skip-add)."""
+    """The stream that the output of the linear node is added to (past a bias Add, and the Reshape back from the
+    (tokens, channels) rows a Gemm works on), or None when it is not added to one by a plain Add (a fused skip-add)."""
     constants = {t.name for t in model.graph.initializer} | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output
     }
@@ -303,9 +303,9 @@ def residual_stream(model: onnx.ModelProto, node_index: int) -> str | None:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     tensor = model.graph.node[node_index].output[0]
-    while len(readers := consumers.get(tensor, [])) == 1 and readers[0].op_type == "Add":
+    while len(readers := consumers.get(tensor, [])) == 1 and readers[0].op_type in ("Add", "Reshape"):
         other = next((name for name in readers[0].input if name != tensor), None)
-        if other is None or other not in constants:
+        if readers[0].op_type == "Add" and (other is None or other not in constants):
             return other
         tensor = readers[0].output[0]
     return None

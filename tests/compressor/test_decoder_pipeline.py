@@ -10,6 +10,8 @@ import tiny_decoders
 
 from compressor.decoder import declared_shapes, detect, fit_empty_caches
 from compressor.pipeline import compress
+from compressor.recovery import projections, residual_stream
+from graph_passes import analyze, load_model
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +61,16 @@ def test_empty_caches_are_fitted_to_the_pruned_model(decoder_cache):
     assert fitted["past_key_values.0.key"].shape == (2, 1, 0, 16)
     assert fitted["past_key_values.0.value"].shape == (2, 2, 0, 16)
     assert fitted["input_ids"] is feeds["input_ids"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_stream_refits_find_every_residual_add_and_bring_the_logits_closer(decoder_cache, calibration_text, family):
+    _, path = decoder_cache(family)
+    result = compress(
+        path, calibration_text, keep=0.5, samples=40, max_length=16, batch_size=8, refit_inputs="stream"
+    )  # fmt: skip
+    refit = result.report["recovery"]
+    assert refit["inputs"] == "stream" and refit["output_error"]["refit"] < refit["output_error"]["sliced"]
+    analysis = analyze(load_model(path))
+    found = projections(analysis, result.masks)
+    assert len(found) == 4 and all(residual_stream(analysis.model, analysis.linear(p.weight).node_index) for p in found)
