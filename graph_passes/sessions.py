@@ -28,6 +28,7 @@ SERIALIZED_LIMIT = 2**26  # larger models are opened from files (64 MiB)
 EXTERNAL_THRESHOLD = 1024  # tensors of at least this many bytes go to the data file, as onnx.save does
 ALIGNMENT = 2**16  # data offsets are multiples of this (a page on every platform), so ONNX Runtime can map them
 DATA_FILE = "model.onnx.data"
+CPU = ["CPUExecutionProvider"]
 
 
 def fits_one_protobuf(model: onnx.ModelProto) -> bool:
@@ -49,9 +50,6 @@ def cpu_session(
     options.enable_cpu_mem_arena = False
     with model_files(model, outputs) as path:
         return session_class(str(path), options, providers=CPU)
-
-
-CPU = ["CPUExecutionProvider"]
 
 
 @contextmanager
