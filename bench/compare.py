@@ -8,7 +8,8 @@
 perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--only decoder-speed` the speed of a
 150M random-weight Llama before and after compress (bench/decoder_speed.py), and rewrite the page from the other
 sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
-encoders of three sizes (bench/size.py). Any model folder (model.onnx plus tokenizer) and any
+encoders of three sizes (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
+architecture sweep (bench/architecture_table.py). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
 magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
@@ -29,6 +30,7 @@ import onnx
 
 from bench import accuracy_tables, plots
 from bench.accuracy_tables import KEEPS, saved_name
+from bench.architecture_table import architecture_markdown, architecture_rows
 from bench.decoder_speed import measure as decoder_speed_rows
 from bench.decoder_speed import speed_markdown as decoder_speed_markdown
 from bench.decoder_tables import decoder_markdown, decoder_rows
@@ -274,6 +276,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += size_markdown(found["size"]) if "size" in found else []
     lines += int4_markdown(found["int4"]["rows"], found["int4"]["commit"]) if "int4" in found else []
     lines += decoder_speed_markdown(found["decoder_speed"]) if "decoder_speed" in found else []
+    lines += architecture_markdown(found["architectures"]) if "architectures" in found else []
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
     )
@@ -295,7 +298,7 @@ def main() -> None:
     parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
     parser.add_argument(
         "--only",
-        choices=["edge", "decoder", "decoder-speed", "int4", "size"],
+        choices=["edge", "decoder", "decoder-speed", "int4", "size", "architectures"],
         help="remeasure one section, keep the stored rows of the others",
     )
     args = parser.parse_args()
@@ -312,6 +315,8 @@ def main() -> None:
             found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=10, warmup=2)
     if args.only in (None, "size"):
         found["size"] = size_rows(list(SHAPES))
+    if args.only in (None, "architectures"):
+        found["architectures"] = architecture_rows()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     args.out.write_text(render(args, found["machine"], found))
