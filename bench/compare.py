@@ -8,7 +8,7 @@
 perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--only decoder-speed` the speed of a
 150M random-weight Llama before and after compress (bench/decoder_speed.py), and rewrite the page from the other
 sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
-encoders of three sizes (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
+encoders from 0.04 to 2.9 GB (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
 architecture sweep (bench/architecture_table.py). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
