@@ -180,12 +180,13 @@ def run(
         bool, typer.Option("--recover/--no-recover", help="refit the projections after pruned units by least squares")
     ] = True,
     refit_inputs: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="recovery fits on the activations of the 'original' model or of the 'pruned' one, or ('stream') on "
-            "the pruned one's against the original stream after each residual add"
+            "the pruned one's against the original stream after each residual add; default: stream for a decoder, "
+            "original for an encoder"
         ),
-    ] = "original",
+    ] = None,
     optimize: Annotated[
         bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is not slower")
     ] = False,

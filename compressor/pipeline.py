@@ -80,7 +80,7 @@ def compress(
     batch_size: int = 32,
     seed: int = 0,
     recover: bool = True,
-    refit_inputs: str = "original",
+    refit_inputs: str | None = None,
     optimize: bool = False,
     quantize: str | None = None,
     quiet: bool = True,
@@ -90,7 +90,9 @@ def compress(
     `calibration` is a file (.tsv/.csv/.jsonl/.npz), a list of texts, a dict of input arrays, or None for a synthetic
     fallback (with a warning). The tokenizer defaults to the model's folder. With `recover`, the projections that read
     pruned units are refit by least squares on the calibration activations (`compressor.recovery`), fed with the
-    original model's activations or, with `refit_inputs="pruned"`, the pruned model's. `optimize` then applies ONNX
+    original model's activations (`refit_inputs="original"`, the default for encoders), the pruned model's
+    (`"pruned"`), or the pruned model's against the original stream after each residual add (`"stream"`, the default
+    for decoders: each refit also makes up for the error of the layers below). `optimize` then applies ONNX
     Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
     `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel), `quantize="int4"` to MatMulNBits
     (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
@@ -100,7 +102,7 @@ def compress(
     reporter = Reporter(quiet)
     timer = Timer()
     start = time.perf_counter()
-    if refit_inputs not in recovery.REFIT_INPUTS:
+    if refit_inputs is not None and refit_inputs not in recovery.REFIT_INPUTS:
         raise CompressorError(
             f"unknown --refit-inputs {refit_inputs!r}; choose from {', '.join(recovery.REFIT_INPUTS)}"
         )
@@ -139,6 +141,7 @@ def compress(
         analysis.values,
     )
     scored, held_out = split(len(data), seed)
+    refit_inputs = refit_inputs or default_refit_inputs(data)
     start = timer.stage("calibration", start)
     stats = None
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
@@ -206,6 +209,13 @@ def exposed_names(analysis: GraphAnalysis, captured: bool, refit_on_original: bo
     """The inner tensors that capture and recovery (on the original's activations) read from the original's session."""
     names = capture_names(plan_capture(analysis)) if captured else []
     return list(dict.fromkeys(names + (recovery.activation_names(analysis) if refit_on_original else [])))
+
+
+def default_refit_inputs(data: calib.Calibration) -> str:
+    """Recovery's inputs when the caller does not choose: a decoder's refits follow the original residual stream
+    (measured on stories260k: perplexity 6.89 / 15.96 at keep 0.8 / 0.6 against 7.02 / 17.83 with the original's
+    inputs), an encoder's fit on the original's inputs (minilm-sst2 keep 0.4: 0.8647 against 0.8601 with the stream)."""
+    return "stream" if data.decoder is not None else "original"
 
 
 LOWEST = {"samples": 1, "batch_size": 1, "max_length": calib.MIN_LENGTH, "seed": 0}

@@ -66,10 +66,8 @@ def test_empty_caches_are_fitted_to_the_pruned_model(decoder_cache):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_stream_refits_find_every_residual_add_and_bring_the_logits_closer(decoder_cache, calibration_text, family):
     _, path = decoder_cache(family)
-    result = compress(
-        path, calibration_text, keep=0.5, samples=40, max_length=16, batch_size=8, refit_inputs="stream"
-    )  # fmt: skip
-    refit = result.report["recovery"]
+    result = compress(path, calibration_text, keep=0.5, samples=40, max_length=16, batch_size=8)
+    refit = result.report["recovery"]  # stream refits are a decoder's default
     assert refit["inputs"] == "stream" and refit["output_error"]["refit"] < refit["output_error"]["sliced"]
     analysis = analyze(load_model(path))
     found = projections(analysis, result.masks)

@@ -30,6 +30,7 @@ def test_every_method_compresses_to_the_budget(tiny_folder, method):
         "held_out_disjoint": True,
     }
     assert report["top_signal"] == ("label" if method in ("mi", "wanda") else None)
+    assert report["recovery"]["inputs"] == "original"  # an encoder's default; a decoder's is "stream"
     assert set(report["seconds"]) >= {"capture", "scoring", "prune", "validate", "fidelity"}
     heads = [g["units_after"] for g in report["groups"] if g["kind"] == "heads"]
     assert heads == [g.units for g in analyze(result.model).by_kind("heads")]
