@@ -6,7 +6,8 @@
 
 `--only edge` remeasures the edge-latency section alone (bench/edge_latency.py), `--only decoder` the decoder
 perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--only decoder-speed` the speed of a
-150M random-weight Llama before and after compress (bench/decoder_speed.py), and rewrite the page from the other
+150M random-weight Llama before and after compress (bench/decoder_speed.py; built by the GenAI builder and run by
+onnxruntime_genai too, bench/genai_speed.py), and rewrite the page from the other
 sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
 encoders from 0.04 to 2.9 GB (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
 architecture sweep (bench/architecture_table.py). Any model folder (model.onnx plus tokenizer) and any
@@ -37,6 +38,7 @@ from bench.decoder_tables import decoder_markdown, decoder_rows
 from bench.deployment import Settings, run_bench
 from bench.edge_latency import edge_markdown, edge_models, edge_rows
 from bench.flops import matmul_flops_per_token
+from bench.genai_speed import genai_markdown, measure_genai
 from bench.int4_tables import int4_markdown, int4_rows
 from bench.int4_tables import measured_at as int4_measured_at
 from bench.machine import describe, header_line
@@ -276,6 +278,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += size_markdown(found["size"]) if "size" in found else []
     lines += int4_markdown(found["int4"]["rows"], found["int4"]["commit"]) if "int4" in found else []
     lines += decoder_speed_markdown(found["decoder_speed"]) if "decoder_speed" in found else []
+    lines += genai_markdown(found["decoder_speed"]["genai"]) if "genai" in found.get("decoder_speed", {}) else []
     lines += architecture_markdown(found["architectures"]) if "architectures" in found else []
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
@@ -312,7 +315,10 @@ def main() -> None:
         found["int4"] = {"commit": int4_measured_at(), "rows": int4_rows(args.decoder, args.stories)}
     if args.only in (None, "decoder-speed"):
         with tempfile.TemporaryDirectory(prefix="mi-decoder-speed-") as folder:
-            found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=10, warmup=2)
+            found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=3, warmup=1)
+            found["decoder_speed"]["genai"] = measure_genai(
+                Path(folder) / "hf", Path(folder), args.stories, prompts=2, new_tokens=32, runs=3
+            )
     if args.only in (None, "size"):
         found["size"] = size_rows(list(SHAPES))
     if args.only in (None, "architectures"):
