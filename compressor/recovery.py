@@ -6,18 +6,18 @@ original activations:
 
     min over (W', b') of  E ‖ x W' + b' - (z W + b)[kept outputs] ‖²  +  λ ‖W'‖²
 
-z: all units as the original model computes them; x: the kept units, either as the original computes them (the
-default: one ONNX Runtime pass of the original; the removed units' contribution is re-expressed through the kept
-ones that predict it) or as the pruned model computes them with every layer below already refit (layer by layer,
-each model cut down to one layer and fed with that layer's input as it computed it; on minilm-sst2 this measured
-lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). With "stream" inputs the target is where the original
-stream would be after the projection's residual add, so that each refit also makes up for the layers below (error
-compensation; on stories260k it measured lower perplexity than either, see BENCHMARKS.md's decoder notes). Only
-second moments are kept. λ is chosen on held-out
-calibration tokens; a refit that does not lower its held-out error is not applied; an applied one is solved again
-with its λ on all calibration tokens (more data for the weights; at keep 0.6 on minilm-sst2 this measured +0.5 points
-of dev accuracy). Refits that do not bring the model's output closer to the original's on the held-out tokens are all
-dropped; the pipeline's own fidelity samples, never seen here, give the independent check.
+z: all units as the original model computes them; x: the kept units, either as the original computes them (the default:
+a pass of the original per layer, whose moments are solved and released before the next; the removed units' contribution
+is re-expressed through the kept ones that predict it) or as the pruned model computes them with every layer below
+already refit (layer by layer, each model cut down to one layer and fed with that layer's input as it computed it; on
+minilm-sst2 this measured lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). With "stream" inputs the target is
+where the original stream would be after the projection's residual add, so that each refit also makes up for the layers
+below (error compensation; on stories260k it measured lower perplexity than either, see BENCHMARKS.md's decoder notes).
+Only second moments are kept. λ is chosen on held-out calibration tokens; a refit that does not lower its held-out error
+is not applied; an applied one is solved again with its λ on all calibration tokens (more data for the weights; at keep
+0.6 on minilm-sst2 this measured +0.5 points of dev accuracy). Refits that do not bring the model's output closer to the
+original's on the held-out tokens are all dropped; the pipeline's own fidelity samples, never seen here, give the
+independent check.
 
 A weight that several layers share (ALBERT) is refit once, on the rows of every application pooled: one W' that
 serves all of them, its bias written to each application's copy. With pruned inputs each layer's refit would change
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from itertools import groupby
 
 import numpy as np
 import onnx
@@ -193,7 +194,7 @@ def recover(
 ) -> Recovery:
     """Refit, in graph order, every projection that reads pruned units.
 
-    `inputs`: "original" fits each projection on the original model's activations (one pass of the original);
+    `inputs`: "original" fits each projection on the original model's activations (a pass of the original per layer);
     "pruned" fits it on what the pruned model computes once every layer below is refit (a pass per projection,
     each covering one layer); "stream" also, with the original stream as target (`_compensated_moments`). Each refit must lower its projection's held-out error; the whole must lower the
     held-out error of the model's output, or the sliced model is returned unchanged. `original`: a session of
@@ -213,8 +214,8 @@ def recover(
     else:
         moments = _compensated_moments(analysis, model, found, batches)
     refits = []
-    for projection, (fit, check) in zip(found, moments):
-        refit, weights = _refit(projection, fit, check)
+    for projection in found:
+        refit, weights = _refit(projection, *next(moments))  # its moments are released once refit
         if refit.applied:
             _write(model, projection, weights)
         refits.append(refit)
@@ -229,15 +230,27 @@ def recover(
 
 def _original_moments(
     original: ort.InferenceSession, found: list[Projection], batches: list[Batch]
+) -> Iterator[tuple[Moments, Moments]]:
+    """For every projection, x = the original's own activations at the kept inputs, y = its original outputs.
+
+    Lazy, a layer at a time: one pass of the original per layer accumulates that layer's moments, and each is handed
+    out once and dropped here, so memory holds one layer's float64 moments however many layers and samples there are.
+    """
+    for _, mine in groupby(found, key=lambda projection: projection.layer):
+        layer = _layer_moments(original, list(mine), batches)
+        while layer:
+            yield layer.pop(0)
+
+
+def _layer_moments(
+    original: ort.InferenceSession, mine: list[Projection], batches: list[Batch]
 ) -> list[tuple[Moments, Moments]]:
-    """For every projection, x = the original's own activations at the kept inputs, y = its original outputs."""
-    moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in found]
-    names = list(dict.fromkeys(name for p in found for name in p.activations))
-    if not names:  # no layer that capture taps: nothing to refit
-        return moments
+    """Fit and held-out moments of the projections `mine` (one layer's), from one pass of the original."""
+    moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in mine]
+    names = list(dict.fromkeys(name for p in mine for name in p.activations))
     for batch in batches:
         values = dict(zip(names, original.run(names, batch.feeds)))
-        for projection, (fit, check) in zip(found, moments):
+        for projection, (fit, check) in zip(mine, moments):
             for activation in projection.activations:
                 z = token_rows(values[activation], batch.tokens)
                 (check if batch.held_out else fit).add(z[:, projection.rows], projection.outputs(z))

@@ -214,3 +214,26 @@ def test_one_sample_leaves_nothing_to_fit_and_nothing_refit(export_cache):
     result = recover(analysis, pruned, masks, data, [3], batch_size=4)
     assert not any(r.applied for r in result.refits) and not result.kept
     assert result.model is pruned
+
+
+def test_original_inputs_are_gathered_and_refit_a_layer_at_a_time(export_cache, monkeypatch):
+    """Memory flat in the number of layers: each pass of the original asks for one layer's activations, and that
+    layer's projections are refit (their moments released) before the next layer's pass."""
+    analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
+    layer_of = {name: p.layer for p in projections(analysis, masks) for name in p.activations}
+    original = session(analysis.model, recovery.activation_names(analysis))
+    events = []
+
+    class Recorded:
+        def run(self, names, feeds):
+            events.extend(("pass", layer_of[name]) for name in names if name in layer_of)
+            return original.run(names, feeds)
+
+        def get_outputs(self):
+            return original.get_outputs()
+
+    refit = recovery._refit
+    monkeypatch.setattr(recovery, "_refit", lambda p, *moments: events.append(("refit", p.layer)) or refit(p, *moments))
+    recover(analysis, apply_masks(analysis, masks), masks, data, list(range(40)), batch_size=16, original=Recorded())
+    order = [event for i, event in enumerate(events) if i == 0 or events[i - 1] != event]
+    assert order == [("pass", 0), ("refit", 0), ("pass", 1), ("refit", 1)]
