@@ -204,6 +204,7 @@ def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGro
             )
         )
     _block_unaligned_quantization(groups, dims)
+    _block_units_nested_in_another_group(groups, dims)
     _one_hidden_stream(groups)
     _link_weights(groups, ctx)
     _classify(groups, {w.weight: w.node_index for w in ctx.linears})
@@ -278,6 +279,20 @@ def _block_unaligned_quantization(groups: list[ChannelGroup], dims: DimGraph) ->
             shown = "packed in sections" if view == SECTIONS else f"{width} wide"
             reason = f"input channels are quantized in blocks of {block}; its group's units are {shown}"
             group.blockers.append(Blocker(node, "MatMulNBits", reason))
+
+
+def _block_units_nested_in_another_group(groups: list[ChannelGroup], dims: DimGraph) -> None:
+    """An axis split as (k, rest) whose rest is itself split into units, as a fused Q, K, V reshaped to
+    (3, heads, head_dim) and not cut into sections, belongs to the group of k: a mask on those units could not slice
+    it, so neither group may be pruned."""
+    split = {flat: (outer, inner) for flat, outer, inner in dims.factors}
+    owner_of = {d: g for g in groups for d, (view, _) in g.dims.items() if view != WITHIN}
+    for flat, (_, inner) in split.items():
+        owner, nested = owner_of.get(flat), owner_of.get(split.get(inner, (None,))[0])
+        if owner is not None and nested is not None and owner is not nested:
+            reason = f"its units sit inside an axis of another group, split as ({dims.size[split[flat][0]]}, ...)"
+            nested.blockers.append(Blocker("", "Reshape", reason))
+            owner.blockers.append(Blocker("", "Reshape", "an axis of it holds the units of another group"))
 
 
 def _one_hidden_stream(groups: list[ChannelGroup]) -> None:

@@ -92,3 +92,34 @@ def test_constant_slice_bounds_block_the_group_and_name_the_node():
     assert not any(g.prunable for g in analysis.groups if g.units == 4)
     blockers = {b.describe() for g in analysis.groups for b in g.blockers}
     assert any("Slice node 'cut_" in b and "constant bounds" in b for b in blockers)
+
+
+def test_units_nested_inside_another_groups_axis_are_not_prunable():
+    """x @ W (16 columns) reshaped to (2, 2 heads, 4) and summed over the first axis: the heads live inside an axis
+    that belongs to the group of that first axis, so a heads mask could not slice W; neither group may be pruned."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["packed"]),
+        helper.make_node("Reshape", ["packed", "nested"], ["split"]),
+        helper.make_node("ReduceSum", ["split", "axis1"], ["heads"], keepdims=0),
+        helper.make_node("Reshape", ["heads", "merged"], ["units"]),
+        helper.make_node("MatMul", ["units", "w_out"], ["y"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_out"),
+        numpy_helper.from_array(np.array([0, 2, 2, 4], dtype=np.int64), "nested"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0, 8], dtype=np.int64), "merged"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nested",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        initializers,
+    )
+    analysis = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    heads = analysis.by_kind("heads")
+    assert heads and not any(g.prunable for g in heads)
+    assert any("inside an axis of another group" in b.reason for g in heads for b in g.blockers)
