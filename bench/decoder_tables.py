@@ -110,17 +110,18 @@ NOTES = [
     ),
     "",
     (
-        "- **Recovery against the original stream** (`--refit-inputs stream`, kept as an option; the table above "
-        "uses the default, original inputs): each attention output and FFN down projection is refit on the pruned "
+        "- **Recovery against the original stream** (`--refit-inputs stream`, a decoder's default since 44a69f5; "
+        "the table above uses it): each attention output and FFN down projection is refit on the pruned "
         "model's own inputs, layer by layer, to what the original stream would be after its residual add (the "
         "original projection's output plus the original stream minus the pruned one), so every refit also makes up "
         "for the layers below. Keep 0.8 / 0.6 / 0.4: 6.89 / 15.96 / 40.56, against 7.02 / 17.83 / 71.04 with the "
-        "default original inputs; `wanda` at keep 0.4 gets 43.13 from it (64.77 with original inputs), so `mi` "
+        "original inputs (the earlier default); `wanda` at keep 0.4 gets 43.13 from it (64.77 with original "
+        "inputs), so `mi` "
         "stays below it. The older `pruned` inputs (target: the original projection's output only) measured 7.25 at"
         " keep 0.8 and at keep 0.6 made the output worse than the sliced model, so the refit was dropped (43.3). On"
         " minilm-sst2 (a post-norm encoder, whose stream is normalised right after each add) stream refits gave dev"
         " accuracy 0.8601 at keep 0.4 (`mi`), against 0.8647 with original inputs and 0.8532 with pruned inputs "
-        "(the accuracy section), so the default stays `original`."
+        "(the accuracy section), so an encoder's default stays `original`."
     ),
     (
         "- **Top signal through the final norm and `lm_head`** (not kept): the last layer's units scored by the "
