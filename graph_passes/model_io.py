@@ -200,3 +200,16 @@ def share_equal_initializers(model: onnx.ModelProto, max_rank: int | None = None
     kept = [t for t in model.graph.initializer if t.name not in rename]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+
+
+def copy_fields(source: Message, target: Message, skip: str) -> None:
+    """Every set field of `source` into `target` but the one named `skip` (the caller takes its parts as it needs)."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)

@@ -23,6 +23,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from graph_passes.model_io import copy_fields
+
 PROTOBUF_LIMIT = 2**31 - 2**26  # larger than this (with headroom) cannot be one serialized protobuf
 SERIALIZED_LIMIT = 2**26  # larger models are opened from files (64 MiB)
 EXTERNAL_THRESHOLD = 1024  # tensors of at least this many bytes go to the data file, as onnx.save does
@@ -76,22 +78,10 @@ def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str], initializers: 
     if not added and initializers:
         return model
     copy = onnx.ModelProto()
-    _copy_fields(model, copy, skip="graph")
-    _copy_fields(model.graph, copy.graph, skip="" if initializers else "initializer")
+    copy_fields(model, copy, skip="graph")
+    copy_fields(model.graph, copy.graph, skip="" if initializers else "initializer")
     copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in added)
     return copy
-
-
-def _copy_fields(source, target, skip: str) -> None:
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
 
 
 def _stored(tensor: onnx.TensorProto, data: BinaryIO) -> onnx.TensorProto:

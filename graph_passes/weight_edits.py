@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graph_passes.model_io import copy_fields
+
 
 def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.dtype] | None = None) -> onnx.ModelProto:
     """A copy that computes only `outputs` (any tensors of the graph): nodes they do not depend on are dropped, and
@@ -28,15 +30,7 @@ def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.d
         if node is not None and name not in cut:
             stack.extend(i for i in node.input if i)
     result = onnx.ModelProto()
-    for field, value in model.ListFields():  # everything but the graph, whose parts are taken as needed below
-        if field.name == "graph":
-            continue
-        if field.is_repeated:
-            getattr(result, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(result, field.name).CopyFrom(value)
-        else:
-            setattr(result, field.name, value)
+    copy_fields(model, result, skip="graph")  # the graph's parts are taken as needed below
     graph, source = result.graph, model.graph
     graph.name = source.name
     graph.input.extend(source.input)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import genai_loop
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tiny_decoders
 import torch
@@ -63,26 +63,8 @@ def genai_greedy(folder: Path, prompt: np.ndarray = PROMPT) -> list[int]:
     return [int(t) for t in generator.get_sequence(0)[len(prompt) :]]
 
 
-def ort_greedy(folder: Path, prompt: np.ndarray = PROMPT) -> tuple[np.ndarray, list[int]]:
-    """Prefill logits and greedy tokens of a plain ONNX Runtime loop over the folder's model, presents fed back."""
-    head_size = read_config(folder)["model"]["decoder"]["head_size"]
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    past = {
-        i.name: np.zeros((1, i.shape[1], 0, head_size), np.float32)
-        for i in session.get_inputs()
-        if i.name.startswith("past_key_values.")
-    }
-    ids, tokens, prefill = prompt[None], [], None
-    for _ in range(NEW_TOKENS):
-        total = len(prompt) + len(tokens)
-        feeds = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64), **past}
-        out = dict(zip(names, session.run(None, feeds)))
-        prefill = out["logits"] if prefill is None else prefill
-        tokens.append(int(out["logits"][0, -1].argmax()))
-        past = {k.replace("present.", "past_key_values."): v for k, v in out.items() if k.startswith("present.")}
-        ids = np.array([[tokens[-1]]], np.int64)
-    return prefill, tokens
+def ort_greedy(folder: Path) -> tuple[np.ndarray, list[int]]:
+    return genai_loop.ort_greedy(folder, PROMPT, NEW_TOKENS)
 
 
 def torch_pruned(name: str, report: dict) -> transformers.PreTrainedModel:

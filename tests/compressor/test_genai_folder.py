@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
+from genai_loop import ort_greedy
 
 from compressor.errors import CompressorError
 from compressor.genai_folder import CONFIG_FILE, GenAIFolderError, model_path, read_config, updated_config
@@ -47,29 +47,6 @@ def _genai_greedy(folder: Path, prompt: np.ndarray, steps: int) -> np.ndarray:
     while not generator.is_done():
         generator.generate_next_token()
     return np.asarray(generator.get_sequence(0), np.int64)[len(prompt) :]
-
-
-def _ort_greedy(folder: Path, prompt: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prefill logits and greedy tokens of a plain ORT session, feeding present.* back as past_key_values.*."""
-    head_size = read_config(folder)["model"]["decoder"]["head_size"]
-    session = ort.InferenceSession(str(model_path(folder)), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    past = {
-        i.name: np.zeros((1, i.shape[1], 0, head_size), np.float32)
-        for i in session.get_inputs()
-        if i.name.startswith("past_key_values.")
-    }
-    ids, tokens, prefill = prompt[None], [], None
-    for _ in range(steps):
-        total = next(iter(past.values())).shape[2] + ids.shape[1]
-        out = dict(
-            zip(names, session.run(None, {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64), **past}))
-        )
-        prefill = out["logits"] if prefill is None else prefill
-        tokens.append(int(out["logits"][0, -1].argmax()))
-        past = {k.replace("present.", "past_key_values."): v for k, v in out.items() if k.startswith("present.")}
-        ids = np.array([[tokens[-1]]], np.int64)
-    return prefill, np.array(tokens, np.int64)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -191,7 +168,7 @@ def test_after_a_no_op_update_the_folder_generates_what_a_plain_ort_loop_generat
     _write_config(folder, updated_config(read_config(folder), heads, kv_heads, head_size, hidden, None))
     prompt, steps = reference["prompt"], len(reference["tokens"])
     assert steps == 8
-    prefill, ort_tokens = _ort_greedy(folder, prompt, steps)
+    prefill, ort_tokens = ort_greedy(folder, prompt, steps)
     genai_tokens = _genai_greedy(folder, prompt, steps)
     np.testing.assert_array_equal(genai_tokens, ort_tokens)
     # and both are the model the fixture script recorded
