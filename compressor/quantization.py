@@ -91,8 +91,8 @@ def quantize_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.Mode
     node = quantized_node(model)
     if node is not None:
         raise QuantizedInputError(
-            f"--quantize int8 needs float weights, and the model has a {node.op_type} node {node.name!r}; "
-            "use --quantize int4 or none"
+            f"the model is already quantized ({node.op_type} node {node.name!r}) and int8 needs float weights: "
+            "compress the float model, then quantize it once"
         )
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
