@@ -47,35 +47,9 @@ def config(family: str) -> transformers.PretrainedConfig:
             **common,
         )
     if family == "deberta":  # relative position embeddings projected into heads (c2p and p2c)
-        return transformers.DebertaV2Config(
-            vocab_size=VOCAB,
-            num_hidden_layers=2,
-            max_position_embeddings=80,
-            relative_attention=True,
-            position_buckets=16,
-            max_relative_positions=32,
-            pos_att_type=["p2c", "c2p"],
-            type_vocab_size=0,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            **common,
-        )
+        return _deberta_config(common)
     if family == "deberta-v3":  # the content key/query projections also project the relative positions
-        return transformers.DebertaV2Config(
-            vocab_size=VOCAB,
-            num_hidden_layers=2,
-            max_position_embeddings=80,
-            relative_attention=True,
-            share_att_key=True,
-            norm_rel_ebd="layer_norm",
-            position_buckets=16,
-            max_relative_positions=32,
-            pos_att_type=["p2c", "c2p"],
-            type_vocab_size=0,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            **common,
-        )
+        return _deberta_config({**common, "share_att_key": True, "norm_rel_ebd": "layer_norm"})
     if family == "vit":  # Conv patch embedding, class token, pixel_values
         return transformers.ViTConfig(image_size=IMAGE, patch_size=8, num_hidden_layers=2, **common)
     raise ValueError(family)
@@ -160,3 +134,20 @@ def export_dynamo(model: torch.nn.Module, family: str, path: Path) -> Path:
         onnx.save(onnx.load(str(path)), str(path))
         data.unlink()
     return path
+
+
+def _deberta_config(options: dict) -> transformers.DebertaV2Config:
+    """DeBERTa-v2 with relative attention both ways (content-to-position and position-to-content), no dropout."""
+    return transformers.DebertaV2Config(
+        vocab_size=VOCAB,
+        num_hidden_layers=2,
+        max_position_embeddings=80,
+        relative_attention=True,
+        position_buckets=16,
+        max_relative_positions=32,
+        pos_att_type=["p2c", "c2p"],
+        type_vocab_size=0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **options,
+    )

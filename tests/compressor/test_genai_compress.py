@@ -51,16 +51,7 @@ def compressed(tmp_path_factory, calibration_text):
 
 
 def genai_greedy(folder: Path, prompt: np.ndarray = PROMPT) -> list[int]:
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + NEW_TOKENS, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt.astype(np.int32).tolist())
-    while not generator.is_done():
-        generator.generate_next_token()
-    return [int(t) for t in generator.get_sequence(0)[len(prompt) :]]
+    return genai_loop.genai_greedy(folder, prompt, NEW_TOKENS)
 
 
 def ort_greedy(folder: Path) -> tuple[np.ndarray, list[int]]:

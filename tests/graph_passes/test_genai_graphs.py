@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import genai_loop
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -75,16 +76,7 @@ def ort_greedy(session, prompt: np.ndarray, head_size: int, new_tokens: int = NE
 
 
 def genai_greedy(folder: Path, prompt: np.ndarray, new_tokens: int = NEW_TOKENS) -> list[int]:
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt.astype(np.int32).tolist())
-    while not generator.is_done():
-        generator.generate_next_token()
-    return list(generator.get_sequence(0))[len(prompt) :]
+    return genai_loop.genai_greedy(folder, prompt, new_tokens)
 
 
 def random_masks(analysis, seed: int) -> tuple[dict, dict, dict]:
