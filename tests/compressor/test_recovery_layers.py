@@ -1,0 +1,75 @@
+"""Stream refits run each model one layer at a time (`recovery._layer_cuts`): the moments equal those of whole-model
+runs from the graph inputs, and no layer's run reads another layer's weights or the embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tiny_decoders
+
+from compressor import recovery
+from compressor.calibration import from_texts
+from compressor.capture import token_rows
+from compressor.fidelity import session
+from compressor.pipeline import compress
+from compressor.statistics import Moments
+from graph_passes import analyze, apply_masks, load_model, normalize
+
+
+def _setup(decoder_cache, family: str, tmp_path):
+    _, path = decoder_cache(family)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n<|endoftext|>\n".join(tiny_decoders.text(40, seed=9)) + "\n")
+    masks = compress(path, calib, keep=0.5, samples=24, max_length=16, batch_size=8, recover=False).masks
+    analysis = analyze(load_model(path))
+    data = from_texts(tiny_decoders.text(24, seed=3), analysis.model, path.parent, 16)
+    batches = recovery._batches(data, list(range(len(data))), 8)
+    return analysis, masks, batches
+
+
+def _whole_model_moments(analysis, pruned, projection, batches) -> tuple[Moments, Moments]:
+    """The stream refit's moments from runs of the whole original and pruned models (what each layer's cut stands
+    for)."""
+    stream = recovery.residual_stream(analysis.model, analysis.linear(projection.weight).node_index)
+    names = [projection.activations[0], stream]
+    runs = [session(m, names) for m in (analysis.model, pruned)]
+    fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
+    for batch in batches:
+        before, after = ([token_rows(v, batch.tokens) for v in run.run(names, batch.feeds)] for run in runs)
+        target = projection.outputs(before[0]) + before[1][:, projection.columns] - after[1]
+        (check if batch.held_out else fit).add(after[0], target)
+    return fit, check
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_layer_by_layer_moments_equal_whole_model_runs(decoder_cache, family, tmp_path):
+    analysis, masks, batches = _setup(decoder_cache, family, tmp_path)
+    pruned = normalize(apply_masks(analysis, masks))
+    found = recovery.projections(analysis, masks)
+    got = list(recovery._compensated_moments(analysis, pruned, found, batches))  # no refit written: the sliced model
+    assert len(got) == len(found) == 4
+    for projection, moments in zip(found, got):
+        for have, want in zip(moments, _whole_model_moments(analysis, pruned, projection, batches)):
+            assert have.count == want.count > 0
+            np.testing.assert_allclose(have.gram, want.gram, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(have.cross, want.cross, rtol=1e-5, atol=1e-4)
+            assert have.partner_squares == pytest.approx(want.partner_squares, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_each_run_past_the_first_layer_reads_that_layer_only(decoder_cache, family, tmp_path, monkeypatch):
+    analysis, masks, batches = _setup(decoder_cache, family, tmp_path)
+    owner = {w: g.layer for g in analysis.groups if g.kind in ("heads", "ffn") for w in (*g.readers, *g.writers)}
+    made = []
+    truncated = recovery.truncated
+    monkeypatch.setattr(recovery, "truncated", lambda *given: made.append(truncated(*given)) or made[-1])
+    found = recovery.projections(analysis, masks)
+    for _ in recovery._compensated_moments(analysis, normalize(apply_masks(analysis, masks)), found, batches):
+        pass
+    declared = len(analysis.model.graph.input)
+    cut = [m for m in made if len(m.graph.input) > declared]  # fed with a layer's cut: all but the first layer's
+    assert len(cut) == 3  # layer 1: the original's pass, and the pruned model's for each of its two projections
+    for model in cut:
+        matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2}
+        assert matrices and matrices <= set(owner)  # neither the embedding nor the head
+        assert {owner[name] for name in matrices} == {1}
