@@ -1,10 +1,14 @@
 """Quantization after pruning, and pruning models whose weights are already int4.
 
 `--quantize int8`: ONNX Runtime's dynamic quantization (weights int8 per output channel, activations quantized at run
-time), which needs no calibration and runs on every CPU. `--quantize int4`: ONNX Runtime's `MatMulNBitsQuantizer`
-(weights int4 in blocks of 32 along the input axis, symmetric, as the ONNX Runtime GenAI model builder writes for
-CPU), every MatMul with a constant weight becoming a `MatMulNBits` node with accuracy level 4 (activations quantized
-to int8 inside the kernel; the report records the level).
+time), which needs no calibration and runs on every CPU. The quantizer writes the shapes it inferred into the graph,
+and with them ONNX Runtime fuses each residual Add and LayerNormalization into SkipLayerNormalization, a slower kernel
+on CPU (`graph_passes.residual_sums`): the residual sums are written as `Sum`, which it leaves alone.
+
+`--quantize int4`: ONNX Runtime's `MatMulNBitsQuantizer` (weights int4 in blocks of 32 along the input axis,
+symmetric, as the ONNX Runtime GenAI model builder writes for CPU), every MatMul with a constant weight becoming a
+`MatMulNBits` node with accuracy level 4 (activations quantized to int8 inside the kernel; the report records the
+level).
 
 An input that is already int4 (`MatMulNBits`, as the GenAI builder writes it) is scored and refit on its float view
 (`graph_passes.quantized_weights.float_view`: the same graph on the dequantized weights), and pruned through the
@@ -27,11 +31,15 @@ from compressor.progress import quiet_loggers
 from graph_passes import GraphAnalysis, analyze, apply_masks, replace_initializers
 from graph_passes.channel_groups import WITHIN
 from graph_passes.quantized_weights import nbits_node
+from graph_passes.residual_sums import residual_sums
 
 QUANTIZE_TYPES = ("int8", "int4")
 INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits: what the GenAI builder uses on CPU
 PRUNABLE_QUANTIZED = {"MatMulNBits", "GatherBlockQuantized"}  # quantized operators with pruning rules
+# Tensors that ONNX shape inference cannot type (outputs of ORT's contrib ops, as `--optimize` writes them) are float:
+# without this the quantizer stops at the first MatMul after a fused Attention.
+FLOATS = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 QUANTIZED_OPS = {
     "QuantizeLinear",
     "DequantizeLinear",
@@ -85,7 +93,8 @@ def quantize(model: onnx.ModelProto, kind: str) -> tuple[onnx.ModelProto, dict]:
 
 
 def quantize_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.ModelProto:
-    """Dynamic int8 quantization of every MatMul and Gemm weight (per output channel unless `per_channel` is False)."""
+    """Dynamic int8 quantization of every MatMul and Gemm weight (per output channel unless `per_channel` is False),
+    residual sums before a LayerNormalization kept unfused (module docstring)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     node = quantized_node(model)
@@ -98,8 +107,12 @@ def quantize_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.Mode
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         onnx.save(model, str(source))
         with quiet_loggers(None):
-            quantize_dynamic(str(source), str(target), per_channel=per_channel, weight_type=QuantType.QInt8)
-        return onnx.load(str(target))
+            quantize_dynamic(
+                str(source), str(target), per_channel=per_channel, weight_type=QuantType.QInt8, extra_options=FLOATS
+            )
+        quantized = onnx.load(str(target))
+    residual_sums(quantized)
+    return quantized
 
 
 def quantize_int4(

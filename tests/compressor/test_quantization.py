@@ -7,7 +7,16 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
+import onnxruntime as ort
+import tiny_models
+
+from compressor import compress as compress_model
+from compressor.fidelity import session
+from compressor.optimization import fuse
+from compressor.quantization import quantize_int8
+from graph_passes import load_model
 
 
 def compress(*args: str) -> subprocess.CompletedProcess:
@@ -36,6 +45,35 @@ def test_quantize_int8_ships_an_int8_model_and_reports_both_fidelities(tiny_fold
     model = onnx.load(str(tmp_path / "q" / "model.onnx"))
     assert "MatMulInteger" in {n.op_type for n in model.graph.node}
     assert report["file_bytes"]["after"] == model.ByteSize() < 0.7 * float_report["file_bytes"]["after"]
+
+
+def session_ops(model: onnx.ModelProto, folder) -> set[str]:
+    """The operators of the graph ONNX Runtime runs for `model` on CPU, all its optimizations on."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "session.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(str(folder / "session.onnx")).graph.node}
+
+
+def test_int8_keeps_residual_sums_out_of_skip_layer_norm(export_cache, tmp_path):
+    """The quantizer's shapes would let ONNX Runtime fuse Add and LayerNormalization (slower on CPU); the Sums stop it."""
+    _, path = export_cache("bert", "classifier", "optimum-opset17")
+    result = compress_model(path, tiny_models.sample_inputs("bert", 64, 12, seed=3), keep=0.5, quantize="int8")
+    ops = session_ops(result.model, tmp_path)
+    assert "SkipLayerNormalization" not in ops and {"Sum", "LayerNormalization", "DynamicQuantizeMatMul"} <= ops
+    assert result.report["quantization"]["fidelity"]["mean_cosine"] > 0.99
+
+
+def test_int8_after_the_cpu_fusion_quantizes_attention(export_cache, tmp_path):
+    """What `--optimize --quantize int8` ships when the fusion is kept: QAttention, residual sums still unfused."""
+    _, path = export_cache("bert", "classifier", "optimum-opset17")
+    fused = fuse(load_model(path), skip_layer_norm=False)
+    quantized = quantize_int8(fused)
+    ops = session_ops(quantized, tmp_path)
+    assert "QAttention" in ops and "SkipLayerNormalization" not in ops and "Sum" in ops
+    feeds = tiny_models.sample_inputs("bert", 4, 12, seed=2)
+    reference, output = (session(m).run(None, feeds)[0] for m in (fused, quantized))
+    assert np.abs(output - reference).max() < 0.1 * np.abs(reference).max()
 
 
 def test_an_int8_model_is_refused_before_pruning(tiny_folder, tmp_path):
