@@ -290,9 +290,9 @@ def _compensated_moments(
 
     Lazy: the caller writes each refit into `model` before asking for the next. Each model runs one layer at a time,
     fed with what the layers below computed (`_layer_cuts`), which is kept per batch: a pass of the original per
-    layer, and of the pruned model per projection and once more per layer to move on. Running every projection's
-    model from the graph inputs cost a pass of all the layers below (quadratic in depth) and a session over nearly the
-    whole model, per projection and model (on a 153M Llama: 15.5 GB resident and most of 20 minutes).
+    layer, and of the pruned model per projection and once more per layer to move on. Running both models from the
+    graph inputs for every projection cost a pass of all the layers below each time (quadratic in depth) and two
+    sessions over nearly the whole model per projection.
     """
     layers = plan_capture(analysis).layers
     mine = [[p for p in found if p.layer == taps.layer] for taps in layers]
