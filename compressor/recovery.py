@@ -323,8 +323,7 @@ def _compensated_moments(
         if position + 1 < len(layers):
             following = pruned_cuts[position + 1]
             pruned_state = [
-                {name: values[name] for name in following}
-                for values in _runs(model, following, batches, pruned_state)
+                {name: values[name] for name in following} for values in _runs(model, following, batches, pruned_state)
             ]
 
 

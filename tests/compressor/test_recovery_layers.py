@@ -73,3 +73,17 @@ def test_each_run_past_the_first_layer_reads_that_layer_only(decoder_cache, fami
         matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2}
         assert matrices and matrices <= set(owner)  # neither the embedding nor the head
         assert {owner[name] for name in matrices} == {1}
+
+
+def test_stream_refits_run_a_shared_weights_model_and_leave_its_projections_as_sliced(family_cache):
+    """ALBERT applies one layer's weights at every depth: the cuts still separate the applications, and the shared
+    projections are left as sliced (`SHARED_PRUNED`), as with pruned inputs."""
+    from test_shared_and_image_families import SAMPLES, _half
+    from test_shared_and_image_families import _setup as family_setup
+
+    analysis, _, data = family_setup(family_cache, "albert")
+    masks = _half(analysis)
+    result = recovery.recover(
+        analysis, apply_masks(analysis, masks), masks, data, list(range(SAMPLES)), 8, None, "stream"
+    )
+    assert [(r.applied, r.skipped) for r in result.refits] == [(False, recovery.SHARED_PRUNED)] * 2
