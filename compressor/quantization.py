@@ -3,7 +3,8 @@
 `--quantize int8`: ONNX Runtime's dynamic quantization (weights int8 per output channel, activations quantized at run
 time), which needs no calibration and runs on every CPU. The quantizer writes the shapes it inferred into the graph,
 and with them ONNX Runtime fuses each residual Add and LayerNormalization into SkipLayerNormalization, a slower kernel
-on CPU (`graph_passes.residual_sums`): the residual sums are written as `Sum`, which it leaves alone.
+on CPU (`graph_passes.residual_sums`): the residual sums are written as `Sum`, which it leaves alone. Nodes nothing
+reads (the old size arithmetic a pruned graph may keep) are dropped: ONNX Runtime would run them.
 
 `--quantize int4`: ONNX Runtime's `MatMulNBitsQuantizer` (weights int4 in blocks of 32 along the input axis,
 symmetric, as the ONNX Runtime GenAI model builder writes for CPU), every MatMul with a constant weight becoming a
@@ -30,6 +31,7 @@ from compressor.errors import CompressorError
 from compressor.progress import quiet_loggers
 from graph_passes import GraphAnalysis, analyze, apply_masks, replace_initializers
 from graph_passes.channel_groups import WITHIN
+from graph_passes.dead_nodes import drop_dead_nodes
 from graph_passes.quantized_weights import nbits_node
 from graph_passes.residual_sums import residual_sums
 
@@ -94,7 +96,7 @@ def quantize(model: onnx.ModelProto, kind: str) -> tuple[onnx.ModelProto, dict]:
 
 def quantize_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.ModelProto:
     """Dynamic int8 quantization of every MatMul and Gemm weight (per output channel unless `per_channel` is False),
-    residual sums before a LayerNormalization kept unfused (module docstring)."""
+    nodes nothing reads dropped, residual sums before a LayerNormalization kept unfused (module docstring)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     node = quantized_node(model)
@@ -111,6 +113,7 @@ def quantize_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.Mode
                 str(source), str(target), per_channel=per_channel, weight_type=QuantType.QInt8, extra_options=FLOATS
             )
         quantized = onnx.load(str(target))
+    drop_dead_nodes(quantized)
     residual_sums(quantized)
     return quantized
 
