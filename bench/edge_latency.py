@@ -161,8 +161,8 @@ now (Sum and dropped nodes change no value); keep 0.4 `--optimize` 0.8647; keep 
   measurement: this machine was never quiet during the session. The int8 rows of the table above come from
   `quantize_int8`, so the next `python -m bench.compare` measures the new int8 model directly.
 - **(b) `compress --keep 0.4` at batch 1 at least 90% of the FLOPs ideal (2.51x).** With `--optimize`: measured
-  2.41x here (96%; 2.49x, 99%, in CPU time), 1.10x faster than the full fusion that gave 2.54x quiet, and 1.09x faster
-  than the unfused model (2.09x quiet, so at least about 2.28x, 91%). `--optimize` now keeps the fusion at batch 32 as
+  2.41x here (96%; 2.49x, 99%, in CPU time), 1.10x faster than the full fusion (whose form gave 2.54x quiet as
+  `compress mi, fused input` above), and 1.09x faster than the unfused model (2.09x quiet, so about 2.28x, 91%). `--optimize` now keeps the fusion at batch 32 as
   well: float at batch 32 it measured 1.07x faster in the optimize step's own timing (386 -> 362 ms, sequence 51)
   and 1.07-1.10x faster at sequence 128 in 3 of 4 loaded rounds (0.93x in the fourth, whose spread was over 80%),
   and 1.18x faster once quantized (above), so the fusion no longer wins at one batch and loses at the other. **Met with `--optimize`.** Without it, `compress --keep 0.4`
