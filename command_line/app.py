@@ -187,6 +187,13 @@ def run(
             "original for an encoder"
         ),
     ] = None,
+    allocation: Annotated[
+        str | None,
+        typer.Option(
+            help="'global': layers keep different numbers of heads and neurons, where they lose least (mi only); "
+            "'uniform': the same share in every layer; default: global for --method mi, uniform otherwise"
+        ),
+    ] = None,
     optimize: Annotated[
         bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is not slower")
     ] = False,
@@ -219,6 +226,7 @@ def run(
         seed=seed,
         recover=recover,
         refit_inputs=refit_inputs,
+        allocation=allocation,
         optimize=optimize,
         quantize=quantize,
         quiet=quiet,

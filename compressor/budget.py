@@ -4,6 +4,7 @@ The encoder's prunable weights are the matrices that read or write a layer's hea
 projection, FFN up and down). A matrix keeps (kept rows) x (kept columns), so pruning the hidden stream shrinks all
 of them at once. Allocation is uniform: every pruned group keeps the same fraction of its units, rounded to whole
 units, then single units are added or removed until the total is as close to the budget as units allow.
+`reallocate` then moves units between groups (global allocation) by per-unit losses that the scorer measures.
 """
 
 from __future__ import annotations
@@ -134,3 +135,35 @@ def _fill(analysis, matrices, bundles, kept: dict[str, int], target: float) -> d
         if best is None or best[0] >= distance:
             return kept
         distance, kept = best[0], best[3]
+
+
+def reallocate(analysis: GraphAnalysis, counts: dict[str, int], losses: dict[str, np.ndarray]) -> dict[str, int]:
+    """Global allocation: the same weight count as `counts`, spent where units lose least per weight.
+
+    `losses[name]`: the ascending losses of a group's units as they would be removed, in a currency common to every
+    group; removing a unit saves its share of the group's weights. Units are removed across the groups of `counts`
+    that have losses, the least loss per weight saved first, from every unit kept down to one per group, until the
+    weights left are no more than those of `counts`; the last removed that still fit are then given back."""
+    matrices = encoder_matrices(analysis)
+    target = parameter_count(analysis, matrices, counts)
+    moving = {name: loss for name, loss in losses.items() if name in counts}
+    kept = {**counts, **{name: analysis.group(name).units for name in moving}}
+    total = parameter_count(analysis, matrices, kept)
+    saved = {
+        name: total - parameter_count(analysis, matrices, {**kept, name: kept[name] - 1})
+        for name in moving
+        if kept[name] > 1
+    }
+    removals = sorted((float(loss) / saved[name], name) for name in saved for loss in moving[name])
+    done = []
+    for _, name in removals:
+        if total <= target:
+            break
+        kept[name] -= 1
+        total -= saved[name]
+        done.append(name)
+    for name in reversed(done):  # the last removal may overshoot by a head: give back the units that still fit
+        if total + saved[name] <= target:
+            kept[name] += 1
+            total += saved[name]
+    return kept

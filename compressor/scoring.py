@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compressor import budget
 from compressor.capture import CapturedStats, LayerTaps
 from graph_passes import ChannelGroup, GraphAnalysis, kept_along
 
 METHODS = ("mi", "magnitude", "wanda", "random")
 RIDGE = 1e-3  # relative to the mean variance: keeps every solve well conditioned
 ROUNDS = 8  # elimination rounds per layer (4 measured worse at keep 0.4 on minilm-sst2)
+ALLOCATIONS = ("global", "uniform")
 
 
 def _ridge(cov: np.ndarray) -> np.ndarray:
@@ -32,7 +34,9 @@ def top_k(scores: np.ndarray, count: int) -> np.ndarray:
     return mask
 
 
-def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, np.ndarray]:
+def mi_masks(
+    stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, int], allocation: str = "uniform"
+) -> dict[str, np.ndarray]:
     """Top-down: the top layer against what it writes, each layer below against what the layer above kept reads.
 
     A layer's units U reach the layer above as T = U W R: W their output projection (attention output for the heads,
@@ -50,7 +54,32 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
 
     A group that capture does not tap as one layer's heads or FFN (heads tied across layers by a shared position
     bias, an FFN whose layer has no such heads) is ranked by weight magnitude.
+
+    `allocation="global"`: the budget's counts are first moved between layers and kinds (`budget.reallocate`): a
+    top-down pass at the given counts records every layer's loss curve, units go where they lose least per weight,
+    and the masks are chosen again at the new counts (BENCHMARKS.md, encoder frontier, says what it kept). The top
+    layer keeps its share: nothing above reads it through projections, so its losses are variance of the stream
+    itself, smaller than what a layer above reads, and counted with the others they emptied it (1 head and 10
+    neurons at keep 0.4 on minilm-sst2, 1.4 points below uniform).
     """
+    if allocation == "global":
+        losses: dict[str, np.ndarray] = {}
+        _top_down(stats, analysis, counts, losses)
+        counts = {**counts, **budget.reallocate(analysis, counts, losses)}
+    masks = _top_down(stats, analysis, counts)
+    for name in counts.keys() - masks.keys():  # not one layer's units (MPNet's heads share a position bias)
+        masks[name] = top_k(magnitude_scores(analysis, analysis.group(name)), counts[name])
+    return {name: mask for name, mask in masks.items() if name in counts}
+
+
+def _top_down(
+    stats: CapturedStats,
+    analysis: GraphAnalysis,
+    counts: dict[str, int],
+    losses: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The layers' masks from the top down (and the hidden stream's); with `losses`, each layer's removal losses
+    (`layer_losses`) are also recorded there, under the masks chosen above it."""
     masks: dict[str, np.ndarray] = {}
     layers = stats.plan.layers
     hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)
@@ -59,7 +88,14 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
         read = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
         units = analysis.group(taps.heads).units, taps.ffn_size
         wanted = counts.get(taps.heads, units[0]), counts.get(taps.ffn, units[1])
-        masks[taps.heads], masks[taps.ffn] = layer_masks(stats.layers[i].covariance(), read @ read.T, units, wanted)
+        covariance, gram = stats.layers[i].covariance(), read @ read.T
+        if losses is None or i == len(layers) - 1:  # the top layer is read by no layer: another currency
+            masks[taps.heads], masks[taps.ffn] = layer_masks(covariance, gram, units, wanted)
+        else:
+            for name, (mask, loss) in zip((taps.heads, taps.ffn), layer_curves(covariance, gram, units, wanted)):
+                masks[name] = mask
+                if not analysis.group(name).cache:  # a decoder's KV heads keep one count in every layer
+                    losses[name] = loss
         width = taps.heads_size // units[0]
         hidden_kept[i] = np.concatenate(
             [np.flatnonzero(np.repeat(masks[taps.heads], width)), taps.heads_size + np.flatnonzero(masks[taps.ffn])]
@@ -68,9 +104,7 @@ def mi_masks(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, in
         systems = [InformationLoss(*pair) for pair in _hidden_systems(stats, hidden_kept)]
         channels = stats.hidden[0].dim
         masks["hidden"] = _eliminate(systems, [np.array([c]) for c in range(channels)], counts["hidden"])
-    for name in counts.keys() - masks.keys():  # not one layer's units (MPNet's heads share a position bias)
-        masks[name] = top_k(magnitude_scores(analysis, analysis.group(name)), counts[name])
-    return {name: mask for name, mask in masks.items() if name in counts}
+    return masks
 
 
 def layer_masks(
@@ -79,15 +113,35 @@ def layer_masks(
     """Kept heads and kept neurons of one layer. `covariance` and `gram` (G = (W R)(W R)ᵀ) run over the layer's
     units U: the heads' dimensions (units[0] equal blocks), then the neurons (units[1]); each kind is eliminated
     against its own kind only."""
-    heads_size = len(covariance) - units[1]
-    width = heads_size // units[0]
-    kinds = (
-        (np.arange(heads_size), [np.arange(b * width, (b + 1) * width) for b in range(units[0])], wanted[0]),
-        (np.arange(heads_size, len(covariance)), [np.array([j]) for j in range(units[1])], wanted[1]),
-    )
     return tuple(
         _eliminate([ReadLoss(_ridge(covariance[np.ix_(dims, dims)]), gram[np.ix_(dims, dims)])], blocks, target)
-        for dims, blocks, target in kinds
+        for (dims, blocks), target in zip(_layer_kinds(len(covariance), units), wanted)
+    )
+
+
+def layer_curves(
+    covariance: np.ndarray, gram: np.ndarray, units: tuple[int, int], wanted: tuple[int, int]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Per kind (heads, then neurons) of one layer: the `wanted` units kept longest when the kind is eliminated down
+    to one unit, and the losses of the units removed on the way, ascending. The losses are variance read by the
+    layer above (`ReadLoss`), which reads a stream normalized by a LayerNorm in every layer: one currency for all
+    layers and both kinds, so that global allocation can compare them. One elimination gives both."""
+    found = []
+    for (dims, blocks), count in zip(_layer_kinds(len(covariance), units), wanted):
+        system = ReadLoss(_ridge(covariance[np.ix_(dims, dims)]), gram[np.ix_(dims, dims)])
+        _, removed, order = _removal([system], blocks, 1)
+        found.append((top_k(order.astype(float), count), np.sort(removed[np.isfinite(removed)])))
+    return tuple(found)
+
+
+def _layer_kinds(size: int, units: tuple[int, int]) -> tuple[tuple[np.ndarray, list[np.ndarray]], ...]:
+    """A layer's two kinds of units as (dimensions, blocks): the heads (units[0] equal blocks of dimensions), then
+    the neurons (units[1], one dimension each)."""
+    heads_size = size - units[1]
+    width = heads_size // units[0]
+    return (
+        (np.arange(heads_size), [np.arange(b * width, (b + 1) * width) for b in range(units[0])]),
+        (np.arange(heads_size, size), [np.array([j]) for j in range(units[1])]),
     )
 
 
@@ -151,12 +205,23 @@ class ReadLoss:
 def _eliminate(
     systems: list[InformationLoss | ReadLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
 ) -> np.ndarray:
-    """Greedy backward elimination of blocks down to `target` of them, in `rounds` steps.
+    """Greedy backward elimination of blocks down to `target` of them, in `rounds` steps (`_removal` does it)."""
+    return _removal(systems, blocks, target, rounds)[0]
+
+
+def _removal(
+    systems: list[InformationLoss | ReadLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy backward elimination of blocks down to `target` of them, in `rounds` steps: which blocks are left,
+    each removed block's loss when it was removed (infinite for the blocks left), and the order of removal (0 for
+    the first block removed, the number of blocks for those left).
 
     A block's loss is summed over the systems (the hidden stream informs every layer that reads it). The precision
     matrices are inverted once; removing dimensions d from a precision matrix P leaves the precision of the rest as
     the Schur complement P_rr - P_rd P_dd⁻¹ P_dr.
     """
+    removed_loss = np.full(len(blocks), np.inf)
+    order = np.full(len(blocks), len(blocks))
     alive = np.ones(len(blocks), dtype=bool)
     dims = np.concatenate(blocks)
     precisions = [[np.linalg.inv(matrix) for matrix in system.matrices] for system in systems]
@@ -166,11 +231,14 @@ def _eliminate(
         loss = sum(system.losses(p, widths[ids], dims) for system, p in zip(systems, precisions))
         surplus = len(ids) - round(len(blocks) - (len(blocks) - target) * step / rounds)
         if surplus > 0:
-            alive[ids[np.argsort(loss, kind="stable")[:surplus]]] = False
+            dropped = np.argsort(loss, kind="stable")[:surplus]
+            order[ids[dropped]] = len(blocks) - len(ids) + np.arange(surplus)
+            alive[ids[dropped]] = False
+            removed_loss[ids[dropped]] = loss[dropped]
         keep = np.isin(dims, np.concatenate([blocks[b] for b in np.flatnonzero(alive)]))
         precisions = [[_remove(p, keep) for p in pair] for pair in precisions]
         dims = dims[keep]
-    return alive
+    return alive, removed_loss, order
 
 
 def _conditioned(cov_x: np.ndarray, cross: np.ndarray, cov_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,11 +333,17 @@ def input_norms(stats: CapturedStats) -> dict[str, np.ndarray]:
 
 
 def choose_masks(
-    method: str, analysis: GraphAnalysis, counts: dict[str, int], stats: CapturedStats | None, seed: int = 0
+    method: str,
+    analysis: GraphAnalysis,
+    counts: dict[str, int],
+    stats: CapturedStats | None,
+    seed: int = 0,
+    allocation: str = "uniform",
 ) -> dict[str, np.ndarray]:
-    """Masks keeping `counts[name]` units of each named group, chosen by `method`."""
+    """Masks keeping `counts[name]` units of each named group, chosen by `method`; with `allocation="global"` (mi
+    only) the heads and neurons move between layers first (`mi_masks`)."""
     if method == "mi":
-        return mi_masks(stats, analysis, counts)
+        return mi_masks(stats, analysis, counts, allocation)
     rng = np.random.default_rng(seed)
     norms = input_norms(stats) if method == "wanda" else {}
     masks = {}

@@ -114,6 +114,13 @@ CASES = [
     # options that name things
     Case("method", "`--method best`", (*RUN, *CALIB, "--method", "best"), "unknown --method 'best'"),
     Case("refit-inputs", "`--refit-inputs both`", (*RUN, *CALIB, "--refit-inputs", "both"), "unknown --refit-inputs"),
+    Case("allocation", "`--allocation even`", (*RUN, *CALIB, "--allocation", "even"), "unknown --allocation 'even'"),
+    Case(
+        "allocation-method",
+        "`--allocation global` with a method that has no loss",
+        (*RUN, *CALIB, "--allocation", "global", "--method", "wanda"),
+        "--allocation global compares units across layers by their mi losses",
+    ),
     Case("quantize", "`--quantize int2`", (*RUN, *CALIB, "--quantize", "int2"), "unknown --quantize 'int2'"),
     Case("granularity", "`--granularity layers`", (*RUN, *CALIB, "--granularity", "layers"), "unknown granularity"),
     Case(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressor.budget import allocate, encoder_matrices, parameter_count
+from compressor.budget import allocate, encoder_matrices, parameter_count, reallocate
 from compressor.errors import BudgetError
 from graph_passes import analyze, apply_masks, load_model
 
@@ -67,3 +67,28 @@ def test_a_heads_only_keep_between_even_counts_is_refused_for_a_decoder(decoder_
     _, path = decoder_cache("llama")  # 2 KV heads in each of 2 layers: 0.75 would need 2 and 1
     with pytest.raises(BudgetError, match="same number of KV heads in every layer"):
         allocate(analyze(load_model(path)), 0.75, ("heads",))
+
+
+def test_global_allocation_moves_units_to_where_they_lose_more(analysis):
+    """Layer 1's neurons lose a hundred times what layer 0's do, per weight alike: layer 0's FFN gives up its units
+    first, down to one, and the weight count stays within one neuron of the uniform allocation's."""
+    counts = allocate(analysis, 0.6, ("heads", "ffn"))
+    losses = {
+        "ffn[0]": np.linspace(0.01, 0.02, 95),
+        "ffn[1]": np.linspace(1.0, 2.0, 95),
+        "heads[0]": np.linspace(0.5, 0.6, 3),
+        "heads[1]": np.linspace(0.5, 0.6, 3),
+    }
+    moved = reallocate(analysis, counts, losses)
+    assert moved["ffn[0]"] < counts["ffn[0]"] and moved["ffn[1]"] > counts["ffn[1]"]
+    target = _pruned_encoder_weights(analysis, counts)
+    assert target - 2 * 64 <= _pruned_encoder_weights(analysis, moved) <= target  # a neuron is 2 x 64 weights
+    assert all(1 <= moved[name] <= analysis.group(name).units for name in counts)
+
+
+def test_global_allocation_leaves_groups_without_losses_alone(analysis):
+    """Only the groups of the budget that have losses move (a decoder's KV heads have none: one count everywhere)."""
+    counts = allocate(analysis, 0.5, ("heads", "ffn"))
+    moved = reallocate(analysis, counts, {"ffn[0]": np.zeros(95), "ffn[1]": np.ones(95), "hidden": np.zeros(63)})
+    assert "hidden" not in moved and (moved["heads[0]"], moved["heads[1]"]) == (counts["heads[0]"], counts["heads[1]"])
+    assert moved["ffn[0]"] < counts["ffn[0]"]
