@@ -19,6 +19,11 @@ is not applied; an applied one is solved again with its λ on all calibration to
 original's on the held-out tokens are all dropped; the pipeline's own fidelity samples, never seen here, give the
 independent check.
 
+With the hidden stream pruned, every projection that reads it (each layer's Q, K, V and FFN up, a pooler) reads fewer
+channels, normalized over fewer: those are refit the same way, to the original's outputs at their kept columns (on
+minilm-sst2 at keep 0.4 this took `heads,ffn,hidden` from 0.7752 to 0.8475 dev accuracy, draw 0; a per-channel refit
+of the stream's LayerNorm scales and biases on top measured 0.844, and was left out: BENCHMARKS.md, encoder frontier).
+
 A weight that several layers share (ALBERT) is refit once, on the rows of every application pooled: one W' that
 serves all of them, its bias written to each application's copy. With pruned inputs each layer's refit would change
 the inputs of the shared weight's other applications, so there a shared projection is left as sliced, and the report
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from itertools import groupby
+from itertools import chain, groupby
 
 import numpy as np
 import onnx
@@ -40,6 +45,7 @@ from compressor.capture import plan_capture, token_mask, token_rows
 from compressor.fidelity import session
 from compressor.statistics import Moments
 from graph_passes import (
+    ChannelGroup,
     GraphAnalysis,
     kept_along,
     linear_biases,
@@ -71,7 +77,7 @@ SHARED_PRUNED = "shared by several layers: refitting it on pruned inputs would c
 class Projection:
     """A weight that reads a pruned group: what it computed in the original model, and what is left of it."""
 
-    layer: int
+    layer: int | None  # None: a reader of the stream past the last layer (a pooler)
     kind: str
     weight: str
     activations: tuple[str, ...]  # what the weight reads at each application: several when layers share it
@@ -98,7 +104,7 @@ class Projection:
 
 @dataclass(frozen=True)
 class Refit:
-    layer: int
+    layer: int | None
     kind: str
     weight: str
     error_before: float  # held-out squared error relative to the original output's energy
@@ -109,44 +115,57 @@ class Refit:
 
 
 def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[Projection]:
-    """The projections to refit, bottom layer first, attention before FFN."""
+    """The projections to refit, bottom layer first, attention before FFN: those that read pruned heads or neurons,
+    and, when the hidden stream is pruned, those that read it (each layer's Q, K, V and FFN up, then the stream's
+    other readers: a pooler, a classifier), which then read fewer channels and a stream normalized over fewer."""
+    stream = [g for g in analysis.by_kind("hidden") if g.name in masks and not masks[g.name].all()]
     found = []
     for taps in plan_capture(analysis).layers:
         for kind, group in (("heads", taps.heads), ("ffn", taps.ffn)):
-            for weight in analysis.group(group).readers:
-                linear = analysis.linear(weight)
-                matrix = analysis.values[weight].T if linear.in_axis == 1 else analysis.values[weight]
-                biases = [None if b is None else analysis.values[b] for b in linear_biases(analysis.model, weight)]
-                bias_row = np.zeros(matrix.shape[1]) if biases[0] is None else biases[0]
-                cols = kept_along(analysis, masks, weight, linear.out_axis)
-                found.append(
-                    Projection(
-                        layer=taps.layer,
-                        kind=kind,
-                        weight=weight,
-                        activations=tuple(use.activation for use in analysis.uses(weight)),
-                        transposed=linear.in_axis == 1,
-                        rows=kept_along(analysis, masks, weight, linear.in_axis),
-                        target=np.vstack([matrix, bias_row], dtype=np.float32)[:, cols],
-                        has_bias=biases[0] is not None,
-                        columns=cols,
-                        skip=_unequal_biases(biases),
-                    )
-                )
-    return found
+            inputs = [w for w in analysis.group(group).writers if _reads(analysis, w, stream)]
+            found += [_projection(analysis, masks, w, taps.layer, "stream") for w in inputs]
+            found += [_projection(analysis, masks, w, taps.layer, kind) for w in analysis.group(group).readers]
+    seen = {p.weight for p in found}
+    others = [w for g in stream for w in g.readers if w not in seen and _reads(analysis, w, stream)]
+    return found + [_projection(analysis, masks, w, None, "stream") for w in dict.fromkeys(others)]
+
+
+def _reads(analysis: GraphAnalysis, weight: str, groups: list[ChannelGroup]) -> bool:
+    return analysis.group_of_axis(weight, analysis.linear(weight).in_axis) in groups
+
+
+def _projection(
+    analysis: GraphAnalysis, masks: dict[str, np.ndarray], weight: str, layer: int | None, kind: str
+) -> Projection:
+    linear = analysis.linear(weight)
+    matrix = analysis.values[weight].T if linear.in_axis == 1 else analysis.values[weight]
+    biases = [None if b is None else analysis.values[b] for b in linear_biases(analysis.model, weight)]
+    bias_row = np.zeros(matrix.shape[1]) if biases[0] is None else biases[0]
+    cols = kept_along(analysis, masks, weight, linear.out_axis)
+    return Projection(
+        layer=layer,
+        kind=kind,
+        weight=weight,
+        activations=tuple(use.activation for use in analysis.uses(weight)),
+        transposed=linear.in_axis == 1,
+        rows=kept_along(analysis, masks, weight, linear.in_axis),
+        target=np.vstack([matrix, bias_row], dtype=np.float32)[:, cols],
+        has_bias=biases[0] is not None,
+        columns=cols,
+        skip=_unequal_biases(biases),
+    )
 
 
 def activation_names(analysis: GraphAnalysis) -> list[str]:
     """What every projection that can read a pruned group reads, at each application (exposed on the original's
-    session for a refit on the original's activations)."""
-    names = [
-        use.activation
+    session for a refit on the original's activations): the heads' and neurons' readers, and the stream's."""
+    weights = [
+        weight
         for taps in plan_capture(analysis).layers
         for group in (taps.heads, taps.ffn)
         for weight in analysis.group(group).readers
-        for use in analysis.uses(weight)
-    ]
-    return list(dict.fromkeys(names))
+    ] + [weight for group in analysis.by_kind("hidden") for weight in group.readers]
+    return list(dict.fromkeys(use.activation for weight in weights for use in analysis.uses(weight)))
 
 
 def _unequal_biases(biases: list[np.ndarray | None]) -> str | None:
@@ -209,10 +228,12 @@ def recover(
         found = [p if len(p.activations) == 1 else replace(p, skip=p.skip or SHARED_PRUNED) for p in found]
     if inputs == "original":
         moments = _original_moments(original, found, batches)
-    elif inputs == "pruned":
-        moments = _sequential_moments(analysis, model, found, batches)
     else:
-        moments = _compensated_moments(analysis, model, found, batches)
+        layered = [p for p in found if p.layer is not None]
+        moments = chain(
+            (_sequential_moments if inputs == "pruned" else _compensated_moments)(analysis, model, layered, batches),
+            (_whole_model_moments(analysis.model, model, p, batches) for p in found if p.layer is None),
+        )
     refits = []
     for projection in found:
         refit, weights = _refit(projection, *next(moments))  # its moments are released once refit
@@ -390,6 +411,19 @@ def _runs(
         feeds = {**batch.feeds, **({} if state is None else state[index])}
         values = dict(zip(computed, run.run(computed, {name: feeds[name] for name in inputs})))
         yield {name: values[name] if name in values else feeds[name] for name in names}
+
+
+def _whole_model_moments(
+    original: onnx.ModelProto, model: onnx.ModelProto, projection: Projection, batches: list[Batch]
+) -> tuple[Moments, Moments]:
+    """x = what `model` computes at the kept inputs, y = the original projection's outputs, both models run from the
+    graph inputs: for a reader of the stream past the last layer (a pooler), after every layer's refit."""
+    runs = [session(truncated(m, [projection.activations[0]])) for m in (original, model)]
+    fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
+    for batch in batches:
+        before, after = (token_rows(run.run(None, batch.feeds)[0], batch.tokens) for run in runs)
+        (check if batch.held_out else fit).add(after, projection.outputs(before))
+    return fit, check
 
 
 def residual_stream(model: onnx.ModelProto, node_index: int) -> str | None:
