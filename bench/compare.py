@@ -10,7 +10,8 @@ perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--onl
 onnxruntime_genai too, bench/genai_speed.py), and rewrite the page from the other
 sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
 encoders from 0.04 to 2.9 GB (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
-architecture sweep (bench/architecture_table.py). Any model folder (model.onnx plus tokenizer) and any
+architecture sweep (bench/architecture_table.py); `--only frontier` the encoder frontier, keep 0.3 and 0.2 and the
+hidden stream (bench/frontier.py). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
 magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
@@ -37,6 +38,7 @@ from bench.decoder_speed import speed_markdown as decoder_speed_markdown
 from bench.decoder_tables import decoder_markdown, decoder_rows
 from bench.deployment import Settings, run_bench
 from bench.edge_latency import edge_markdown, edge_models, edge_rows
+from bench.frontier import frontier_markdown, frontier_rows
 from bench.flops import matmul_flops_per_token
 from bench.genai_speed import genai_markdown, measure_genai
 from bench.int4_tables import int4_markdown, int4_rows
@@ -283,6 +285,7 @@ def render(args: argparse.Namespace, machine: dict, found: dict) -> str:
     lines += accuracy_tables.accuracy_markdown(
         found["original_accuracy"], found["rows"], found["onnxsim"], found["costs"]
     )
+    lines += frontier_markdown(found["frontier"], found["original_accuracy"]) if "frontier" in found else []
     return "\n".join(lines + ["Raw rows: `bench/results/compare.json`.", ""])
 
 
@@ -301,7 +304,7 @@ def main() -> None:
     parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
     parser.add_argument(
         "--only",
-        choices=["edge", "decoder", "decoder-speed", "int4", "size", "architectures"],
+        choices=["edge", "decoder", "decoder-speed", "int4", "size", "architectures", "frontier"],
         help="remeasure one section, keep the stored rows of the others",
     )
     args = parser.parse_args()
@@ -323,6 +326,8 @@ def main() -> None:
         found["size"] = size_rows(list(SHAPES))
     if args.only in (None, "architectures"):
         found["architectures"] = architecture_rows()
+    if args.only in (None, "frontier"):
+        found["frontier"] = frontier_rows(args.model, args.calib, args.data, args.samples)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     args.out.write_text(render(args, found["machine"], found))
