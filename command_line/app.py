@@ -191,7 +191,8 @@ def run(
         str | None,
         typer.Option(
             help="'global': layers keep different numbers of heads and neurons, where they lose least (mi only); "
-            "'uniform': the same share in every layer; default: global for --method mi, uniform otherwise"
+            "'uniform': the same share in every layer; default: global for --method mi on an encoder whose hidden "
+            "stream stays whole, uniform otherwise"
         ),
     ] = None,
     optimize: Annotated[

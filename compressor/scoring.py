@@ -79,7 +79,7 @@ def _top_down(
     losses: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The layers' masks from the top down (and the hidden stream's); with `losses`, each layer's removal losses
-    (`layer_losses`) are also recorded there, under the masks chosen above it."""
+    (`layer_curves`) are also recorded there, under the masks chosen above it; the top layer records none."""
     masks: dict[str, np.ndarray] = {}
     layers = stats.plan.layers
     hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)

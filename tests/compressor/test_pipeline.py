@@ -52,6 +52,7 @@ def test_hidden_granularity_and_npz_calibration(export_cache, tmp_path):
     result = compress(path, tmp_path / "calib.npz", keep=0.5, granularity=("heads", "ffn", "hidden"))
     hidden = next(g for g in result.report["groups"] if g["kind"] == "hidden")
     assert hidden["units_after"] < hidden["units_before"]
+    assert result.report["allocation"] == "uniform"  # mi's default once the hidden stream is pruned
     assert analyze(result.model).group("hidden").units == hidden["units_after"]
 
 
