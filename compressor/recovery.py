@@ -402,14 +402,16 @@ def _runs(
     model: onnx.ModelProto, names: list[str], batches: list[Batch], state: list[dict[str, np.ndarray]] | None
 ) -> Iterator[dict[str, np.ndarray]]:
     """`names` batch by batch, from the values in `state` (what the layers below computed, per batch; from the graph
-    inputs when None) of which those named are passed on as they are."""
+    inputs when None) of which those named are passed on as they are. When every name is passed on (a projection that
+    reads the layer's input itself, as Q reads a fused norm's output), no model runs: a graph without nodes makes no
+    session."""
     cut = {} if state is None else {name: value.dtype for name, value in state[0].items()}
     computed = [name for name in names if name not in cut]
-    run = session(truncated(model, computed, cut))
-    inputs = [i.name for i in run.get_inputs()]
+    run = session(truncated(model, computed, cut)) if computed else None
+    inputs = [i.name for i in run.get_inputs()] if run else []
     for index, batch in enumerate(batches):
         feeds = {**batch.feeds, **({} if state is None else state[index])}
-        values = dict(zip(computed, run.run(computed, {name: feeds[name] for name in inputs})))
+        values = dict(zip(computed, run.run(computed, {name: feeds[name] for name in inputs}))) if run else {}
         yield {name: values[name] if name in values else feeds[name] for name in names}
 
 
