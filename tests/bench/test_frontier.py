@@ -18,8 +18,8 @@ def test_means_targets_and_hidden_rows():
     rows += [_row(0.2, "mi", 0, 0.85)]  # one draw only: the target cannot be called met
     rows += [_row(0.4, "mi", 0, 0.84, "heads,ffn,hidden")]
     text = "\n".join(frontier_markdown(rows, 0.8704))
-    assert "| 0.3 | mi | 0.8600 | 0.8700 | 0.8500 | 0.8600 | 0.86 | yes |" in text
-    assert "| 0.3 | wanda | 0.8300 | 0.8300 | 0.8300 | 0.8300 | 0.86 | **no** |" in text
+    assert "| 0.3 | mi | 0.8600 | 0.8700 | 0.8500 | 0.8600 | 0.860 | yes |" in text
+    assert "| 0.3 | wanda | 0.8300 | 0.8300 | 0.8300 | 0.8300 | 0.860 | **no** |" in text
     assert "| 0.2 | mi | 0.8500 | - | - | 0.8500 | 0.845 | **no** |" in text
     assert "| 0.4 | `heads,ffn,hidden` | 0.8400 | - |" in text
     assert "- keep 0.3: heads [3, 6, 6, 6, 2, 3], neurons [321, 567, 554, 373, 169, 499]" in text
