@@ -91,6 +91,15 @@ class MiCompress(Pass):
                 default_value=True,
                 description="Refit the projections that read pruned units by least squares.",
             ),
+            "allocation": PassConfigParam(
+                type_=str,
+                default_value="uniform",
+                description=(
+                    "uniform: every layer keeps the same number of heads, so the fusion pass after this one gets one "
+                    "(num_heads, hidden_size) pair, as ORT's BertOnnxModel requires; global: mi moves heads and "
+                    "neurons between layers (the compress CLI's default), for workflows that do not fuse afterwards."
+                ),
+            ),
             "quantize": PassConfigParam(
                 type_=str | None,
                 default_value=None,
@@ -124,6 +133,7 @@ class MiCompress(Pass):
             batch_size=config.batch_size,
             seed=config.seed,
             recover=config.recover,
+            allocation=config.allocation,
             quantize=config.quantize,
         )
         output = Path(resolve_onnx_path(output_model_path, "model.onnx"))

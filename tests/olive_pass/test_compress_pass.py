@@ -21,7 +21,7 @@ from compressor import compress
 from compressor.calibration import load_calibration
 from olive_pass.compress_pass import data_config_arrays, pruned_attributes
 
-SETTINGS = {"keep": 0.5, "samples": 48, "batch_size": 16, "max_length": 32}
+SETTINGS = {"keep": 0.5, "samples": 48, "batch_size": 16, "max_length": 32, "allocation": "uniform"}
 
 
 @pytest.fixture(scope="module")
