@@ -94,9 +94,9 @@ def compress(
     original model's activations (`refit_inputs="original"`, the default for encoders), the pruned model's
     (`"pruned"`), or the pruned model's against the original stream after each residual add (`"stream"`, the default
     for decoders: each refit also makes up for the error of the layers below); with the hidden stream pruned, its
-    readers (Q, K, V, FFN up, a pooler) are refit too. `allocation="global"` (the default
-    for `method="mi"` on an encoder whose hidden stream stays whole) lets layers keep different numbers of heads and neurons, chosen by their losses
-    (`scoring.mi_masks`); `"uniform"` keeps the same share in every layer. `optimize` then applies ONNX
+    readers (Q, K, V, FFN up, a pooler) are refit too. `allocation="global"` (the default for
+    `method="mi"` on an encoder whose hidden stream stays whole) lets layers keep different numbers of heads and
+    neurons, chosen by their losses (`scoring.mi_masks`); `"uniform"` keeps the same share in every layer. `optimize` then applies ONNX
     Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
     `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel), `quantize="int4"` to MatMulNBits
     (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
@@ -226,8 +226,8 @@ def default_allocation(method: str, data: calib.Calibration, granularity: Sequen
     (keep 0.4: 0.8303 global against 0.8475 uniform), and on a decoder (stories260k at keep 0.6: perplexity 17.55
     global against 15.96 uniform, global emptying the lowest layers' FFN). The other methods keep every layer's
     share, as their papers do."""
-    encoder = data.decoder is None and "hidden" not in granularity
-    return "global" if method == "mi" and encoder else "uniform"
+    whole_encoder = data.decoder is None and "hidden" not in granularity
+    return "global" if method == "mi" and whole_encoder else "uniform"
 
 
 def check_allocation(allocation: str, method: str) -> None:

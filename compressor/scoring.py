@@ -79,7 +79,8 @@ def _top_down(
     losses: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The layers' masks from the top down (and the hidden stream's); with `losses`, each layer's removal losses
-    (`layer_curves`) are also recorded there, under the masks chosen above it; the top layer records none."""
+    (`layer_curves`) are also recorded there, under the masks chosen above it; the top layer records none, and the
+    hidden stream is not chosen (the pass after reallocation chooses it)."""
     masks: dict[str, np.ndarray] = {}
     layers = stats.plan.layers
     hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)
@@ -100,7 +101,7 @@ def _top_down(
         hidden_kept[i] = np.concatenate(
             [np.flatnonzero(np.repeat(masks[taps.heads], width)), taps.heads_size + np.flatnonzero(masks[taps.ffn])]
         )
-    if "hidden" in counts:
+    if "hidden" in counts and losses is None:  # the pass that records losses leaves the stream to the next one
         systems = [InformationLoss(*pair) for pair in _hidden_systems(stats, hidden_kept)]
         channels = stats.hidden[0].dim
         masks["hidden"] = _eliminate(systems, [np.array([c]) for c in range(channels)], counts["hidden"])
