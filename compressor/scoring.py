@@ -203,15 +203,45 @@ class ReadLoss:
         return result
 
 
+@dataclass(frozen=True)
+class RefitLoss:
+    """Variance of a target y that the rest cannot explain once they are refit to it by least squares:
+    tr(A_bᵀ ((Σ_U)⁻¹_bb)⁻¹ A_b), A = Σ_U⁻¹ C the refit's weights, C = E[U yᵀ] (optimal brain surgeon, for blocks).
+    As `ReadLoss` with the readout W R replaced by the weights a refit of the rest would give the block: through a
+    Gaussian channel y + N it is the information about y lost with the block, at low signal-to-noise."""
+
+    covariance: np.ndarray
+    cross: np.ndarray
+
+    @property
+    def matrices(self) -> list[np.ndarray]:
+        return [self.covariance]
+
+    def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
+        weights = precisions[0] @ self.cross[dims]
+        result = np.empty(len(widths))
+        for chosen, index in _diagonal_blocks(widths):
+            blocks = precisions[0][index[:, :, None], index[:, None, :]]
+            coefficients = weights[index]
+            result[chosen] = np.einsum("kio,kio->k", np.linalg.solve(blocks, coefficients), coefficients)
+        return result
+
+
+def refit_selection(covariance: np.ndarray, cross: np.ndarray, blocks: list[np.ndarray], count: int) -> np.ndarray:
+    """Which `count` of the blocks of units to keep so that a least-squares refit of the kept ones to a target
+    loses least of it (`RefitLoss`): `covariance` of the units, `cross` their products with the target."""
+    return _eliminate([RefitLoss(_ridge(covariance), cross)], blocks, count)
+
+
 def _eliminate(
-    systems: list[InformationLoss | ReadLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
+    systems: list[InformationLoss | ReadLoss | RefitLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
 ) -> np.ndarray:
     """Greedy backward elimination of blocks down to `target` of them, in `rounds` steps (`_removal` does it)."""
     return _removal(systems, blocks, target, rounds)[0]
 
 
 def _removal(
-    systems: list[InformationLoss | ReadLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
+    systems: list[InformationLoss | ReadLoss | RefitLoss], blocks: list[np.ndarray], target: int, rounds: int = ROUNDS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy backward elimination of blocks down to `target` of them, in `rounds` steps: which blocks are left,
     each removed block's loss when it was removed (infinite for the blocks left), and the order of removal (0 for

@@ -76,6 +76,17 @@ class Moments:
             both.centred_partner_gram = partner.astype(self.precision)
         return both
 
+    def restricted(self, index: np.ndarray) -> Moments:
+        """The moments of the entries of x at `index` (with the same partner)."""
+        part = Moments(len(index), self.partner_dim, self.track_partner, self.precision)
+        part.count, part.partner_squares = self.count, self.partner_squares
+        part.total, part.partner_total = self.total[index], self.partner_total
+        part.shift, part.partner_shift = self.shift[index], self.partner_shift
+        part.centred_gram = self.centred_gram[np.ix_(index, index)]
+        part.centred_cross = self.centred_cross[index]
+        part.centred_partner_gram = self.centred_partner_gram
+        return part
+
     def _gram_about(self, shift: np.ndarray) -> np.ndarray:
         return _about(self.centred_gram, self.count, (self.total, self.shift, shift), (self.total, self.shift, shift))
 

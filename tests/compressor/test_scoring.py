@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from compressor.scoring import InformationLoss, ReadLoss, _conditioned, _eliminate, layer_masks, top_k
+from compressor.scoring import (
+    InformationLoss,
+    ReadLoss,
+    RefitLoss,
+    _conditioned,
+    _eliminate,
+    layer_masks,
+    refit_selection,
+    top_k,
+)
 
 
 def marginal_mi(cov: np.ndarray, units: int) -> np.ndarray:
@@ -126,3 +135,36 @@ def test_a_head_is_not_dropped_because_the_neurons_computed_from_it_repeat_it():
     assert heads.tolist() == [True, False] and kept_neurons.all()
     joint = ReadLoss(cov, np.eye(6)).losses([np.linalg.inv(cov)], np.array([2, 2, 1, 1]), np.arange(6))
     assert joint[0] < joint[1]  # one system over heads and neurons would rank the strong head below the weak one
+
+
+def _refit_error(units: np.ndarray, target: np.ndarray) -> float:
+    """Mean squared error of the least-squares fit of `target` from `units` (no intercept)."""
+    weights = np.linalg.lstsq(units, target, rcond=None)[0]
+    return float(np.mean(np.sum(np.square(units @ weights - target), axis=1)))
+
+
+def test_refit_loss_is_what_a_least_squares_refit_of_the_rest_loses():
+    """Each block's loss equals the rise of the refit's squared error when the block is removed and the rest are
+    solved again (single units and blocks of two)."""
+    rng = np.random.default_rng(6)
+    units = rng.standard_normal((5_000, 6)) @ rng.standard_normal((6, 6))
+    target = units @ rng.standard_normal((6, 3)) + 0.1 * rng.standard_normal((5_000, 3))
+    second, cross = units.T @ units / len(units), units.T @ target / len(units)
+    full = _refit_error(units, target)
+    for widths in (np.ones(6, dtype=int), np.array([2, 2, 2])):
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+        loss = RefitLoss(second, cross).losses([np.linalg.inv(second)], widths, np.arange(6))
+        for start, width, value in zip(starts, widths, loss):
+            rest = np.setdiff1d(np.arange(6), np.arange(start, start + width))
+            assert np.isclose(value, _refit_error(units[:, rest], target) - full, rtol=1e-6)
+
+
+def test_refit_selection_keeps_one_of_two_copies_and_the_unit_the_target_needs():
+    """The target reads units 0 and 2; unit 1 copies unit 0 and unit 3 is noise the target ignores: of two kept, one
+    is a copy of 0 and the other is 2, though unit 3 has the largest variance."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((2, 20_000))
+    units = np.stack([a, a + 0.01 * rng.standard_normal(20_000), b, 3 * rng.standard_normal(20_000)], axis=1)
+    target = (a + b)[:, None]
+    kept = refit_selection(np.cov(units.T), units.T @ target / len(units), [np.array([i]) for i in range(4)], 2)
+    assert kept[2] and kept[:2].sum() == 1 and not kept[3]
