@@ -183,8 +183,9 @@ def run(
         str | None,
         typer.Option(
             help="recovery fits on the activations of the 'original' model or of the 'pruned' one, or ('stream') on "
-            "the pruned one's against the original stream after each residual add; default: stream for a decoder, "
-            "original for an encoder"
+            "the pruned one's against the original stream after each residual add (mi then chooses each layer's units "
+            "again as it is reached); default: stream, but original for an encoder whose hidden stream is pruned and "
+            "for a model whose layers share weights"
         ),
     ] = None,
     allocation: Annotated[

@@ -147,7 +147,7 @@ def compress(
         analysis.values,
     )
     scored, held_out = split(len(data), seed)
-    refit_inputs = refit_inputs or default_refit_inputs(data)
+    refit_inputs = refit_inputs or default_refit_inputs(analysis, data, granularity)
     allocation = allocation or default_allocation(method, data, granularity)
     start = timer.stage("calibration", start)
     stats = None
@@ -167,11 +167,13 @@ def compress(
     recovered = None
     if recover:
         sliced = pruned
-        with reporter.stage("refitting projections", len(recovery.projections(analysis, masks))) as advance:
+        found = recovery.projections(analysis, masks, refit_inputs)
+        reselect = method == "mi" and not int4_input  # an int4 input's masks keep whole quantization blocks
+        with reporter.stage("refitting projections", len(found)) as advance:
             recovered = recovery.recover(
-                analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs, original
+                analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs, original, reselect
             )
-        pruned = recovered.model
+        pruned, masks = recovered.model, recovered.masks
         start = timer.stage("recovery", start)
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
@@ -240,11 +242,16 @@ def check_allocation(allocation: str, method: str) -> None:
         )
 
 
-def default_refit_inputs(data: calib.Calibration) -> str:
-    """Recovery's inputs when the caller does not choose: a decoder's refits follow the original residual stream
-    (measured on stories260k: perplexity 6.89 / 15.96 at keep 0.8 / 0.6 against 7.02 / 17.83 with the original's
-    inputs), an encoder's fit on the original's inputs (minilm-sst2 keep 0.4: 0.8647 against 0.8601 with the stream)."""
-    return "stream" if data.decoder is not None else "original"
+def default_refit_inputs(analysis: GraphAnalysis, data: calib.Calibration, granularity: Sequence[str]) -> str:
+    """Recovery's inputs when the caller does not choose: the stream (each layer fit on the pruned model's own
+    inputs against the original stream, its units chosen again there by `mi`), but the original's inputs for an
+    encoder whose hidden stream is pruned, and for a model whose layers share weights (ALBERT: on the pruned model's
+    inputs a shared projection's refit would change its other applications' inputs, so none is refit). Measured
+    with `mi`: stories260k perplexity 6.65 / 15.08 at keep 0.8 / 0.6 against 7.02 / 17.83 with the original's inputs;
+    minilm-sst2 keep 0.3 / 0.2 mean of three draws 0.8650 / 0.8536 against 0.8589 / 0.8348; with the hidden stream
+    pruned (keep 0.4, draw 0) 0.8349 against 0.8475 (BENCHMARKS.md)."""
+    shared = any(len(analysis.uses(w)) > 1 for g in analysis.groups if g.kind in ("heads", "ffn") for w in g.readers)
+    return "original" if shared or data.decoder is None and "hidden" in granularity else "stream"
 
 
 LOWEST = {"samples": 1, "batch_size": 1, "max_length": calib.MIN_LENGTH, "seed": 0}

@@ -6,13 +6,21 @@ original activations:
 
     min over (W', b') of  E ‖ x W' + b' - (z W + b)[kept outputs] ‖²  +  λ ‖W'‖²
 
-z: all units as the original model computes them; x: the kept units, either as the original computes them (the default:
-a pass of the original per layer, whose moments are solved and released before the next; the removed units' contribution
-is re-expressed through the kept ones that predict it) or as the pruned model computes them with every layer below
-already refit (layer by layer, each model cut down to one layer and fed with that layer's input as it computed it; on
-minilm-sst2 this measured lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). With "stream" inputs the target is
-where the original stream would be after the projection's residual add, so that each refit also makes up for the layers
-below (error compensation; on stories260k it measured lower perplexity than either, see BENCHMARKS.md's decoder notes).
+z: all units as the original model computes them; x: the kept units, either as the original computes them
+("original" inputs: a pass of the original per layer, whose moments are solved and released before the next; the
+removed units' contribution is re-expressed through the kept ones that predict it) or as the pruned model computes them
+with every layer below already refit (layer by layer, each model cut down to one layer and fed with that layer's input
+as it computed it; on minilm-sst2 this measured lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). With
+"stream" inputs (the pipeline's default, but for an encoder whose hidden stream is pruned and for shared weights) the
+target is where the original stream would be after the projection's residual add, so that each refit also makes up
+for the layers below (error compensation; on stories260k it measured lower perplexity than either, see BENCHMARKS.md's
+decoder notes). Stream refits also refit the projections that read the stream (each layer's Q, K, V and FFN up), from
+the stream the pruned model computes to what the original computed from its own, and with `reselect` they choose which
+of a layer's heads and neurons to keep as they reach it: among all of them as the pruned layers below compute them,
+those whose refit to the original stream loses least (`scoring.RefitLoss`, as many as the masks given keep). On
+stories260k at keep 0.8 / 0.6 / 0.4 that took perplexity from 6.89 / 15.96 / 40.56 to 6.65 / 15.08 / 35.19
+(reselection alone 6.76 / 15.73 / 37.47), and stream refits on minilm-sst2 at keep 0.3 from 0.8567 to 0.8658 dev
+accuracy (draw 0).
 Only second moments are kept. λ is chosen on held-out calibration tokens; a refit that does not lower its held-out error
 is not applied; an applied one is solved again with its λ on all calibration tokens (more data for the weights; at keep
 0.6 on minilm-sst2 this measured +0.5 points of dev accuracy). Refits that do not bring the model's output closer to the
@@ -39,14 +47,17 @@ from itertools import chain, groupby
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from compressor.calibration import Calibration
 from compressor.capture import plan_capture, token_mask, token_rows
 from compressor.fidelity import session
+from compressor.scoring import refit_selection
 from compressor.statistics import Moments
 from graph_passes import (
     ChannelGroup,
     GraphAnalysis,
+    apply_masks,
     kept_along,
     linear_biases,
     normalize,
@@ -114,20 +125,32 @@ class Refit:
     skipped: str | None = None  # why no refit was tried
 
 
-def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[Projection]:
+def projections(analysis: GraphAnalysis, masks: dict[str, np.ndarray], inputs: str = "original") -> list[Projection]:
     """The projections to refit, bottom layer first, attention before FFN: those that read pruned heads or neurons,
-    and, when the hidden stream is pruned, those that read it (each layer's Q, K, V and FFN up, then the stream's
-    other readers: a pooler, a classifier), which then read fewer channels and a stream normalized over fewer."""
+    and those that read the stream (each layer's Q, K, V and FFN up, then the stream's other readers: a pooler, a
+    classifier) when the hidden stream is pruned, or when `inputs` is "stream": then each of them reads the stream
+    as the pruned model computes it, and is refit to what the original computed from the original's."""
     stream = [g for g in analysis.by_kind("hidden") if g.name in masks and not masks[g.name].all()]
+    every_reader = inputs == "stream"
     found = []
     for taps in plan_capture(analysis).layers:
         for kind, group in (("heads", taps.heads), ("ffn", taps.ffn)):
-            inputs = [w for w in analysis.group(group).writers if _reads(analysis, w, stream)]
-            found += [_projection(analysis, masks, w, taps.layer, "stream") for w in inputs]
+            writers = [
+                w
+                for w in analysis.group(group).writers
+                if every_reader and _matmul(analysis, w) or _reads(analysis, w, stream)
+            ]
+            found += [_projection(analysis, masks, w, taps.layer, "stream") for w in writers]
             found += [_projection(analysis, masks, w, taps.layer, kind) for w in analysis.group(group).readers]
     seen = {p.weight for p in found}
     others = [w for g in stream for w in g.readers if w not in seen and _reads(analysis, w, stream)]
     return found + [_projection(analysis, masks, w, None, "stream") for w in dict.fromkeys(others)]
+
+
+def _matmul(analysis: GraphAnalysis, weight: str) -> bool:
+    """Whether the weight is applied by a MatMul or Gemm (not inside a fused attention, whose Q, K, V are not
+    tensors of the graph)."""
+    return analysis.model.graph.node[analysis.linear(weight).node_index].op_type in ("MatMul", "Gemm")
 
 
 def _reads(analysis: GraphAnalysis, weight: str, groups: list[ChannelGroup]) -> bool:
@@ -182,6 +205,8 @@ class Recovery:
     model: onnx.ModelProto
     refits: list[Refit]
     output_error: dict[str, float]  # held-out mean squared error of the model's output: "sliced" and "refit"
+    masks: dict[str, np.ndarray]  # the units the model keeps (reselection may change the masks it was given)
+    reselected: list[str]  # the groups whose units were chosen again
 
     @property
     def kept(self) -> bool:
@@ -190,7 +215,7 @@ class Recovery:
     def summary(self) -> dict:
         rows = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(r).items()} for r in self.refits]
         error = {k: float(f"{v:.6g}") for k, v in self.output_error.items()}
-        return {"kept": self.kept, "output_error": error, "projections": rows}
+        return {"kept": self.kept, "output_error": error, "reselected": self.reselected, "projections": rows}
 
 
 @dataclass(frozen=True)
@@ -210,20 +235,29 @@ def recover(
     progress: Callable[[int], None] | None = None,
     inputs: str = "original",
     original: ort.InferenceSession | None = None,
+    reselect: bool = False,
 ) -> Recovery:
     """Refit, in graph order, every projection that reads pruned units.
 
     `inputs`: "original" fits each projection on the original model's activations (a pass of the original per layer);
     "pruned" fits it on what the pruned model computes once every layer below is refit (a pass per projection,
-    each covering one layer); "stream" also, with the original stream as target (`_compensated_moments`). Each refit must lower its projection's held-out error; the whole must lower the
-    held-out error of the model's output, or the sliced model is returned unchanged. `original`: a session of
-    `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made.
+    each covering one layer); "stream" also, with the original stream as target (`_compensated_moments`), and refits
+    the projections that read the stream too. Each refit must lower its projection's held-out error; the whole must
+    lower the held-out error of the model's output, or the sliced model is returned unchanged. `original`: a session
+    of `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made.
+
+    `reselect` (with "stream" inputs): each layer's heads and neurons are chosen again as the layer is reached, among
+    all of its units as the pruned model below computes them, keeping as many as `masks` does: those whose refit to
+    the original stream loses least (`scoring.refit_selection`). The masks of the returned model are in `masks` of
+    the result.
     """
     if original is None:
         original = session(analysis.model, activation_names(analysis) if inputs == "original" else ())
-    model = normalize(pruned)
     batches = _batches(calibration, indices, batch_size)
-    found = projections(analysis, masks)
+    chosen = reselectable(analysis, masks) if reselect and inputs == "stream" else []
+    working = {**masks, **{name: np.ones_like(masks[name]) for name in chosen}}
+    model = normalize(apply_masks(analysis, working) if chosen else pruned)
+    found = projections(analysis, working, inputs)
     if inputs != "original":
         found = [p if len(p.activations) == 1 else replace(p, skip=p.skip or SHARED_PRUNED) for p in found]
     if inputs == "original":
@@ -234,19 +268,89 @@ def recover(
             (_sequential_moments if inputs == "pruned" else _compensated_moments)(analysis, model, layered, batches),
             (_whole_model_moments(analysis.model, model, p, batches) for p in found if p.layer is None),
         )
-    refits = []
+    final, refits, written = dict(masks), [], []
     for projection in found:
-        refit, weights = _refit(projection, *next(moments))  # its moments are released once refit
-        if refit.applied:
+        fit, check = next(moments)  # its moments are released once refit
+        group = analysis.group_of_axis(projection.weight, analysis.linear(projection.weight).in_axis)
+        if group is not None and group.name in chosen:
+            final[group.name], refit, weights = _reselect(analysis, group, projection, fit, check, masks)
+        else:
+            refit, weights = _refit(projection, fit, check)
+        if refit.applied or group is not None and group.name in chosen:
             _write(model, projection, weights)
+            written.append(projection)
         refits.append(refit)
         if progress:
             progress(1)
+    if chosen:
+        model = _sliced_refits(analysis, final, model, written)
     share_equal_initializers(model)
     held_out = [b for b in batches if b.held_out]
     error = {name: _output_error(original, m, held_out) for name, m in (("sliced", pruned), ("refit", model))}
-    recovery = Recovery(model, refits, error)
-    return recovery if recovery.kept else Recovery(pruned, refits, error)
+    recovery = Recovery(model, refits, error, final, chosen)
+    return recovery if recovery.kept else Recovery(pruned, refits, error, masks, [])
+
+
+def reselectable(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[str]:
+    """The pruned heads and FFN groups whose units `recover(reselect=True)` can choose again: those read by one
+    projection applied once (a weight shared by several layers, or a group read by several projections, keeps the
+    masks it was given)."""
+    return [
+        name
+        for name, mask in masks.items()
+        if analysis.group(name).kind in ("heads", "ffn")
+        and not mask.all()
+        and len(readers := analysis.group(name).readers) == 1
+        and len(analysis.uses(readers[0])) == 1
+    ]
+
+
+def _reselect(
+    analysis: GraphAnalysis,
+    group: ChannelGroup,
+    projection: Projection,
+    fit: Moments,
+    check: Moments,
+    masks: dict[str, np.ndarray],
+) -> tuple[np.ndarray, Refit, np.ndarray]:
+    """The group's units to keep, chosen on the moments of all of them (`projection` reads them all), the refit on
+    the kept ones, and its weights as all of `projection`'s inputs with zeros where a unit is removed."""
+    dim = analysis.dims.find(analysis.dims.axes[(projection.weight, analysis.linear(projection.weight).in_axis)])
+    blocks = list(np.searchsorted(projection.rows, group.unit_major(dim)).reshape(group.units, -1))
+    n = max(fit.count, 1)
+    covariance, cross = (
+        (fit.covariance(), fit.cross_covariance()) if projection.has_bias else (fit.gram / n, fit.cross / n)
+    )
+    kept = refit_selection(covariance, cross, blocks, int(masks[group.name].sum()))
+    rows = np.sort(np.concatenate([blocks[u] for u in np.flatnonzero(kept)]))
+    refit, weights = _refit(
+        replace(projection, rows=projection.rows[rows]), fit.restricted(rows), check.restricted(rows)
+    )
+    scattered = np.zeros((projection.width, weights.shape[1]), weights.dtype)
+    scattered[rows] = weights[: len(rows)]
+    scattered[len(projection.rows) :] = weights[len(rows) :]
+    return kept, refit, scattered
+
+
+def _sliced_refits(
+    analysis: GraphAnalysis, masks: dict[str, np.ndarray], work: onnx.ModelProto, written: list[Projection]
+) -> onnx.ModelProto:
+    """The model `masks` make of the original, with the weights that recovery wrote into `work` (the model in which
+    the chosen groups kept every unit) cut to the units kept."""
+    model = normalize(apply_masks(analysis, masks))
+    values = {t.name: t for t in work.graph.initializer}
+    for projection in written:
+        final = _projection(analysis, masks, projection.weight, projection.layer, projection.kind)
+        matrix = numpy_helper.to_array(values[projection.weight])
+        rows = [matrix.T if projection.transposed else matrix]
+        bias = linear_biases(work, projection.weight)[0]
+        rows += [numpy_helper.to_array(values[bias])[None, :]] if projection.has_bias and bias else []
+        weights = np.vstack(rows)
+        kept_rows = np.append(
+            np.searchsorted(projection.rows, final.rows), np.arange(len(projection.rows), len(weights))
+        )
+        _write(model, final, weights[kept_rows][:, np.searchsorted(projection.columns, final.columns)])
+    return model
 
 
 def _original_moments(

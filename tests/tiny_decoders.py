@@ -100,6 +100,20 @@ def text(documents: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 40)))) for _ in range(documents)]
 
 
+def half_pruned(path: Path, folder: Path):
+    """The analysis of the exported decoder at `path`, `compress`'s masks at keep 0.5 (no recovery, calibrated on a
+    text file written in `folder`) and 24 other calibration texts of 16 tokens: what recovery tests start from."""
+    from compressor.calibration import from_texts
+    from compressor.pipeline import compress
+    from graph_passes import analyze, load_model
+
+    calib = folder / "calib.txt"
+    calib.write_text("\n<|endoftext|>\n".join(text(40, seed=9)) + "\n")
+    masks = compress(path, calib, keep=0.5, samples=24, max_length=16, batch_size=8, recover=False).masks
+    analysis = analyze(load_model(path))
+    return analysis, masks, from_texts(text(24, seed=3), analysis.model, path.parent, 16)
+
+
 def sample_ids(batch: int, seq: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(4, VOCAB, size=(batch, seq), dtype=np.int64)
 

@@ -58,16 +58,19 @@ def test_a_refit_equals_a_direct_ridge_solve(export_cache, inputs, position):
     output on the original activations (with "stream" inputs, plus the original stream minus the pruned one where
     that output is added), over all tokens (λ was chosen on the held-out ones, its scale set by the fit ones): the
     written weights solve the ridge system the report names. Position 0 is layer 0's attention output projection,
-    3 is layer 1's FFN down projection."""
+    3 is layer 1's FFN down projection (with "stream" inputs, the Q, K, V and FFN up projections before them are
+    refit too)."""
     analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
     pruned = apply_masks(analysis, masks)
     indices = list(range(len(data)))
     result = recover(analysis, pruned, masks, data, indices, batch_size=8, inputs=inputs)
     recovered, refits = result.model, result.refits
     assert result.kept
-    first = projections(analysis, masks)[position]
-    refit = refits[position]
-    assert (refit.layer, refit.kind, refit.applied) == ((0, "heads") if position == 0 else (1, "ffn")) + (True,)
+    found = projections(analysis, masks, inputs)
+    wanted = (0, "heads") if position == 0 else (1, "ffn")
+    index = next(i for i, p in enumerate(found) if (p.layer, p.kind) == wanted)
+    first, refit = found[index], refits[index]
+    assert (refit.layer, refit.kind, refit.applied) == wanted + (True,)
 
     fit = [i for i in indices if i not in set(indices[::CHECK_EVERY])]
     feeds = next(data.batches(indices, len(indices)))
@@ -78,8 +81,12 @@ def test_a_refit_equals_a_direct_ridge_solve(export_cache, inputs, position):
     if inputs == "original":
         x = z[:, first.rows].astype(np.float64)
     else:  # the model as it was when this projection was refit: the earlier refits applied, not the later ones
-        earlier = _with_refits(pruned, recovered, projections(analysis, masks)[:position])
-        x = capture_session(earlier, [first.activations[0]]).run([first.activations[0]], feeds)[0][tokens].astype(np.float64)
+        earlier = _with_refits(pruned, recovered, found[:index])
+        x = (
+            capture_session(earlier, [first.activations[0]])
+            .run([first.activations[0]], feeds)[0][tokens]
+            .astype(np.float64)
+        )
     if inputs == "stream":
         stream = residual_stream(analysis.model, analysis.linear(first.weight).node_index)
         lacking = [capture_session(m, [stream]).run([stream], feeds)[0][tokens] for m in (analysis.model, earlier)]
