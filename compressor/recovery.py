@@ -415,9 +415,11 @@ def _compensated_moments(
 
     Lazy: the caller writes each refit into `model` before asking for the next. Each model runs one layer at a time,
     fed with what the layers below computed (`_layer_cuts`), which is kept per batch: a pass of the original per
-    layer, and of the pruned model per projection and once more per layer to move on. Running both models from the
-    graph inputs for every projection cost a pass of all the layers below each time (quadratic in depth) and two
-    sessions over nearly the whole model per projection.
+    layer, and of the pruned model per run of projections that read the same tensors (Q, K and V read one; a refit
+    of one of them cannot change what the others read) and once more per layer to move on. Running both models from
+    the graph inputs for every projection cost a pass of all the layers below each time (quadratic in depth) and two
+    sessions over nearly the whole model per projection. The original's side is kept per batch as the tensors the
+    layer's projections read (once for Q, K and V), or as a projection's output where that is narrower (FFN down).
     """
     layers = plan_capture(analysis).layers
     mine = [[p for p in found if p.layer == taps.layer] for taps in layers]
@@ -429,27 +431,53 @@ def _compensated_moments(
     for position, projections in enumerate(mine):
         following = original_cuts[position + 1] if position + 1 < len(layers) else []
         names = list(dict.fromkeys(read[position] + following))
-        targets: list[list[np.ndarray]] = [[] for _ in projections]
+        kept: dict[str, list[np.ndarray]] = {}  # per projection output, or per tensor read: a list over batches
         next_state = []
         for batch, values in zip(batches, _runs(analysis.model, names, batches, original_state)):
-            for found_targets, projection in zip(targets, projections):
-                activation, *stream = (token_rows(values[n], batch.tokens) for n in _read(projection, streams))
-                target = projection.outputs(activation)
-                found_targets.append(target + stream[0][:, projection.columns] if stream else target)
+            rows = {name: token_rows(values[name], batch.tokens) for name in read[position]}
+            for projection in projections:
+                activation, *stream = _read(projection, streams)
+                if _narrower_output(projection):
+                    kept.setdefault(projection.weight, []).append(projection.outputs(rows[activation]))
+                for name in ([] if _narrower_output(projection) else [activation]) + stream:
+                    if len(kept.setdefault(name, [])) == len(next_state):  # once per batch
+                        kept[name].append(rows[name])
             next_state.append({name: values[name] for name in following})
         original_state = next_state
-        for projection, projection_targets in zip(projections, targets):
-            names = _read(projection, streams)
-            fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
-            for batch, values, target in zip(batches, _runs(model, names, batches, pruned_state), projection_targets):
+        for run in _same_reads(projections, streams):
+            names = _read(run[0], streams)
+            moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in run]
+            for index, (batch, values) in enumerate(zip(batches, _runs(model, names, batches, pruned_state))):
                 activation, *stream = (token_rows(values[n], batch.tokens) for n in names)
-                (check if batch.held_out else fit).add(activation, target - stream[0] if stream else target)
-            yield fit, check
+                for projection, (fit, check) in zip(run, moments):
+                    target = _original_target(projection, kept, names, index)
+                    (check if batch.held_out else fit).add(activation, target - stream[0] if stream else target)
+            yield from moments
         if position + 1 < len(layers):
             following = pruned_cuts[position + 1]
             pruned_state = [
                 {name: values[name] for name in following} for values in _runs(model, following, batches, pruned_state)
             ]
+
+
+def _narrower_output(projection: Projection) -> bool:
+    """Whether the projection's kept outputs are fewer than its inputs (then they are kept rather than its input)."""
+    return projection.target.shape[1] < len(projection.target) - 1
+
+
+def _original_target(projection: Projection, kept: dict[str, list[np.ndarray]], names: list[str], batch: int):
+    """The original projection's output for batch `batch` (from its kept output, or from the tensor it reads), plus
+    the original stream it is added to, at the kept outputs."""
+    activation, *stream = names
+    target = (
+        kept[projection.weight][batch] if _narrower_output(projection) else projection.outputs(kept[activation][batch])
+    )
+    return target + kept[stream[0]][batch][:, projection.columns] if stream else target
+
+
+def _same_reads(projections: list[Projection], streams: dict[str, str | None]) -> list[list[Projection]]:
+    """The projections in runs of consecutive ones that read the same tensors."""
+    return [list(run) for _, run in groupby(projections, key=lambda p: tuple(_read(p, streams)))]
 
 
 def _read(projection: Projection, streams: dict[str, str | None]) -> list[str]:
