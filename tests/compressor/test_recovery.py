@@ -13,6 +13,7 @@ from compressor.calibration import from_arrays
 from compressor.capture import capture_session, token_mask
 from compressor.fidelity import session
 from compressor.recovery import CHECK_EVERY, RIDGES, projections, recover, residual_stream
+from compressor.statistics import Moments
 from graph_passes import (
     analyze,
     apply_masks,
@@ -244,3 +245,26 @@ def test_original_inputs_are_gathered_and_refit_a_layer_at_a_time(export_cache, 
     recover(analysis, apply_masks(analysis, masks), masks, data, list(range(40)), batch_size=16, original=Recorded())
     order = [event for i, event in enumerate(events) if i == 0 or events[i - 1] != event]
     assert order == [("pass", 0), ("refit", 0), ("pass", 1), ("refit", 1)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_ridge_path_gives_each_ridge_solve_and_its_held_out_error(bias):
+    """RidgePath's solutions and held-out errors equal a direct solve of the ridge system (the bias unpenalized) and
+    the squared error of that solution on the held-out rows, for every λ of the grid."""
+    rng = np.random.default_rng(8)
+    mixing = rng.standard_normal((5, 5))
+    x = rng.standard_normal((400, 5)) @ mixing + 2.0
+    y = x @ rng.standard_normal((5, 3)) + 0.5 * rng.standard_normal((400, 3)) + 1.0
+    fit, check = Moments(5, 3), Moments(5, 3)
+    fit.add(x[:300], y[:300])
+    check.add(x[300:], y[300:])
+    path = recovery.RidgePath(fit, check, bias)
+    design = np.hstack([x, np.ones((400, 1))]) if bias else x
+    scale = np.mean(np.square(x[:300]))
+    penalty = np.diag(np.r_[np.ones(5), np.zeros(int(bias))]) * scale
+    for ridge in RIDGES:
+        gram, cross = design[:300].T @ design[:300] / 300, design[:300].T @ y[:300] / 300
+        solved = np.linalg.solve(gram + ridge * penalty, cross)
+        np.testing.assert_allclose(path.solution(ridge), solved, rtol=1e-6, atol=1e-9)
+        held_error = np.mean(np.sum(np.square(design[300:] @ solved - y[300:]), axis=1))
+        assert path.error(ridge) == pytest.approx(held_error, rel=1e-6)
