@@ -446,6 +446,9 @@ def _compensated_moments(
         original_state = next_state
         for run in _same_reads(projections, streams):
             names = _read(run[0], streams)
+            if len(names) == 1 and not any(map(_narrower_output, run)):  # readers of the stream: y = z W + b
+                yield from _mapped_moments(run, _runs(model, names, batches, pruned_state), batches, kept[names[0]])
+                continue
             moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in run]
             for index, (batch, values) in enumerate(zip(batches, _runs(model, names, batches, pruned_state))):
                 activation, *stream = (token_rows(values[n], batch.tokens) for n in names)
@@ -458,6 +461,21 @@ def _compensated_moments(
             pruned_state = [
                 {name: values[name] for name in following} for values in _runs(model, following, batches, pruned_state)
             ]
+
+
+def _mapped_moments(
+    run: list[Projection], values: Iterator[dict[str, np.ndarray]], batches: list[Batch], original: list[np.ndarray]
+) -> Iterator[tuple[Moments, Moments]]:
+    """The moments of projections that read one tensor and add to no stream (Q, K and V; gate and up): x from the
+    pruned model's `values`, against the original tensor z they read (`original`, per batch), once for all of them;
+    each projection's own then follow from its weights (`Moments.mapped`), without computing its outputs."""
+    name = run[0].activations[0]
+    fit, check = (Moments(len(run[0].rows), len(run[0].target) - 1, track_partner=True) for _ in range(2))
+    for index, (batch, found) in enumerate(zip(batches, values)):
+        (check if batch.held_out else fit).add(token_rows(found[name], batch.tokens), original[index])
+    for projection in run:
+        weights, bias = projection.target[:-1], projection.target[-1]
+        yield fit.mapped(weights, bias), check.mapped(weights, bias)
 
 
 def _narrower_output(projection: Projection) -> bool:

@@ -87,6 +87,22 @@ class Moments:
         part.centred_partner_gram = self.centred_partner_gram
         return part
 
+    def mapped(self, weights: np.ndarray, bias: np.ndarray) -> Moments:
+        """The moments of x against y = z W + b, from these of x against z (whose y yᵀ products are tracked): what
+        a projection W of z would give, without computing y row by row."""
+        weights, bias = weights.astype(np.float64), bias.astype(np.float64)
+        part = Moments(self.dim, weights.shape[1], precision=self.precision)
+        part.count, part.total, part.shift = self.count, self.total, self.shift
+        part.partner_shift = self.partner_shift.astype(np.float64) @ weights + bias
+        part.partner_total = self.partner_total @ weights + self.count * bias
+        part.centred_cross = self.centred_cross.astype(np.float64) @ weights
+        part.centred_gram = self.centred_gram
+        centred_total = self.partner_total - self.count * self.partner_shift.astype(np.float64)
+        spread = np.einsum("ij,ij->", weights, self.centred_partner_gram.astype(np.float64) @ weights)
+        shifted = part.partner_shift
+        part.partner_squares = float(spread + 2 * shifted @ (centred_total @ weights) + self.count * shifted @ shifted)
+        return part
+
     def _gram_about(self, shift: np.ndarray) -> np.ndarray:
         return _about(self.centred_gram, self.count, (self.total, self.shift, shift), (self.total, self.shift, shift))
 

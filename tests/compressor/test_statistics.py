@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from compressor.statistics import Moments
 
@@ -38,3 +39,21 @@ def test_memory_is_flat_in_the_number_of_rows():
         moments.add(np.ones((1000, 64), np.float32), np.ones((1000, 8), np.float32))
         sizes.append(sum(a.nbytes for a in vars(moments).values() if isinstance(a, np.ndarray)))
     assert sizes[0] == sizes[-1] and moments.count == 3000
+
+
+def test_moments_mapped_through_a_projection_equal_those_of_its_outputs():
+    """x against y = z W + b, derived from x against z with z zᵀ tracked, equals x against y accumulated directly."""
+    rng = np.random.default_rng(9)
+    x, z = rng.standard_normal((300, 4)) + 3.0, rng.standard_normal((300, 6)) - 1.0
+    weights, bias = rng.standard_normal((6, 5)), rng.standard_normal(5)
+    through, direct = Moments(4, 6, track_partner=True), Moments(4, 5)
+    for rows in (slice(0, 120), slice(120, 300)):
+        through.add(x[rows], z[rows])
+        direct.add(x[rows], z[rows] @ weights + bias)
+    mapped = through.mapped(weights, bias)
+    np.testing.assert_allclose(mapped.gram, direct.gram)
+    np.testing.assert_allclose(mapped.cross, direct.cross)
+    np.testing.assert_allclose(mapped.partner_total, direct.partner_total)
+    np.testing.assert_allclose(mapped.cross_covariance(), direct.cross_covariance(), atol=1e-12)
+    assert mapped.partner_squares == pytest.approx(direct.partner_squares)
+    assert mapped.count == direct.count
