@@ -58,16 +58,20 @@ def gqa_head_sizes(model: onnx.ModelProto) -> dict[str, int]:
     return sizes
 
 
-def gqa_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Dummy feeds fixed for GroupQueryAttention: cache inputs get the head size on their last axis and an empty past
-    (ONNX Runtime's kernel takes a prompt of several tokens over a past only for batch size 1), so the attention
-    mask spans the new tokens alone."""
+def decoder_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dummy feeds fixed for a decoder. The attention mask spans the past and the new tokens: optimum declares its
+    length as `past_sequence_length + sequence_length`, the dynamo exporter as a symbol of its own, while the graph
+    gathers mask entries at positions up to past + new. Cache inputs read by GroupQueryAttention get the head size on
+    their last axis and an empty past (ONNX Runtime's kernel takes a prompt of several tokens over a past only for
+    batch size 1)."""
     sizes = gqa_head_sizes(model)
     feeds = dict(feeds)
     for name, head_size in sizes.items():
         if name in feeds and feeds[name].ndim == 4:
             batch, kv_heads = feeds[name].shape[:2]
             feeds[name] = np.zeros((batch, kv_heads, 0, head_size), dtype=feeds[name].dtype)
-    if sizes and "input_ids" in feeds and "attention_mask" in feeds:
-        feeds["attention_mask"] = np.ones(feeds["input_ids"].shape, dtype=feeds["attention_mask"].dtype)
+    past = [value.shape[2] for name, value in feeds.items() if CACHE_INPUT.fullmatch(name) and value.ndim == 4]
+    if past and "input_ids" in feeds and "attention_mask" in feeds:
+        batch, new = feeds["input_ids"].shape
+        feeds["attention_mask"] = np.ones((batch, past[0] + new), dtype=feeds["attention_mask"].dtype)
     return feeds

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from graph_passes.cache_state import gqa_feeds, is_cache
+from graph_passes.cache_state import CACHE_INPUT, decoder_feeds, is_cache
 from graph_passes.dims import Blocker, DimGraph
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.model_io import normalize
@@ -131,7 +131,7 @@ def static_tensors(model: onnx.ModelProto) -> set[str]:
 def analyze(model: onnx.ModelProto) -> GraphAnalysis:
     """Find every channel group of `model` and what blocks each one."""
     model = normalize(model)
-    values = probe_values(model, gqa_feeds(model, dummy_inputs(model)) if _has_gqa(model) else None)
+    values = probe_values(model, decoder_feeds(model, dummy_inputs(model)) if _is_decoder(model) else None)
     static = static_tensors(model)
     ctx = RuleContext(DimGraph(), values, static)
     unsupported = []
@@ -147,8 +147,11 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
     return GraphAnalysis(model, groups, ctx.dims, values, static, unsupported, ctx.linears)
 
 
-def _has_gqa(model: onnx.ModelProto) -> bool:
-    return any(node.op_type == "GroupQueryAttention" for node in model.graph.node)
+def _is_decoder(model: onnx.ModelProto) -> bool:
+    """A model with KV cache inputs, or GroupQueryAttention nodes (which read them)."""
+    return any(CACHE_INPUT.fullmatch(v.name) for v in model.graph.input) or any(
+        node.op_type == "GroupQueryAttention" for node in model.graph.node
+    )
 
 
 def _collect_groups(model: onnx.ModelProto, ctx: RuleContext) -> list[ChannelGroup]:

@@ -189,6 +189,23 @@ def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.block(data, axis, node, "selects entries along this axis")
 
 
+def gather_nd(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """GatherND: each index tuple of length k (the indices' last axis) picks an entry of the data's axes after the
+    first `batch_dims` (blocked); the output is the indices' leading axes (the first `batch_dims` shared with the
+    data), then the data's axes after the picked ones."""
+    data, indices, out = node.input[0], node.input[1], node.output[0]
+    batch, depth = _attr(node, "batch_dims", 0), ctx.shape(indices)[-1]
+    lead = len(ctx.shape(indices)) - 1
+    for k in range(batch):
+        ctx.tie(data, k, out, k)
+    for k in range(lead):
+        ctx.tie(indices, k, out, k)
+    for k in range(batch, batch + depth):
+        ctx.block(data, k, node, "selects entries along this axis")
+    for k in range(batch + depth, len(ctx.shape(data))):
+        ctx.tie(data, k, out, lead + k - batch - depth)
+
+
 def gather_block_quantized(node: onnx.NodeProto, ctx: RuleContext) -> None:
     """GatherBlockQuantized (contrib): rows of a table quantized in blocks (a tied int4 embedding reading lm_head's
     packed weight and scales). The gathered axis selects entries; the channel axis of its output is packed and
@@ -665,6 +682,7 @@ RULES: dict[str, Rule] = {
     "MatMulNBits": matmul_nbits,
     "Gather": gather,
     "GatherElements": gather_elements,
+    "GatherND": gather_nd,
     "Tile": tile,
     "GatherBlockQuantized": gather_block_quantized,
     "Transpose": transpose,

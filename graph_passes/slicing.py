@@ -27,7 +27,7 @@ def apply_masks(
     if plan:
         _slice_initializers(model, analysis, plan)
         _rewrite_divisors(model, analysis, plan)  # by node index: before any pass inserts nodes
-        _rewrite_reshapes(model, analysis, plan)
+        _rewrite_shape_targets(model, analysis, plan)
         _rewrite_head_counts(model, analysis, plan)
         _rewrite_split_sizes(model, analysis, plan)
         _slice_quantized_blocks(model, analysis, plan)
@@ -129,21 +129,23 @@ def _slice_initializers(model: onnx.ModelProto, analysis: GraphAnalysis, plan: d
         model.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
 
 
-def _rewrite_reshapes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
-    """Give each Reshape whose target spells a pruned size its own target with the new size.
+def _rewrite_shape_targets(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+    """Give each Reshape or Expand whose target spells a pruned size its own target with the new size.
 
     A static target becomes a new initializer. A target computed at run time by a Concat whose changed entries are
     constants gets its own Concat with new constants (the form ONNX Runtime's transformer fusion reads head counts
-    from); any other computed target is patched with a Where node. Shape constants shared between layers with
-    different head counts never interfere. Entries of -1 (inferred) and 0 (copied from the input) already follow
-    the new sizes and are left alone.
+    from); any other computed Reshape target is patched with a Where node. Shape constants shared between layers
+    with different head counts, or between roles (the dynamo exporter writes one `[2]` for an Unsqueeze axis, a KV
+    head count and a repeat count), never interfere. Entries that follow the new sizes by themselves are left alone:
+    a Reshape's -1 (inferred) and 0 (copied from the input), an Expand's 1 (the input's size) and its entries
+    computed at run time (read from the shapes they follow).
     """
     created: dict[tuple[str, bytes], str] = {}
     producers = {output: node for node in model.graph.node for output in node.output}
     new_nodes = []
     for node in model.graph.node:
-        if node.op_type == "Reshape":
-            changes = _target_changes(analysis, plan, node)
+        if node.op_type in ("Reshape", "Expand"):
+            changes = _target_changes(analysis, plan, node, producers.get(node.input[1]))
             if changes:
                 concat = _concat_inputs(analysis, producers.get(node.input[1]), changes)
                 node.input[1] = (
@@ -156,11 +158,35 @@ def _rewrite_reshapes(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dic
     model.graph.node.extend(new_nodes)
 
 
-def _target_changes(analysis: GraphAnalysis, plan: dict[int, np.ndarray], node: onnx.NodeProto) -> dict[int, int]:
+def _target_changes(
+    analysis: GraphAnalysis, plan: dict[int, np.ndarray], node: onnx.NodeProto, producer: onnx.NodeProto | None
+) -> dict[int, int]:
+    """Entry of the target -> the kept size it must spell (an Expand's target may be shorter than its output)."""
     out = node.output[0]
     target = analysis.values[node.input[1]]
-    cuts = _axis_plan(analysis, plan, out, len(analysis.values[out].shape))
-    return {axis: len(kept) for axis, kept in cuts.items() if target[axis] not in (-1, 0)}
+    rank = len(analysis.values[out].shape)
+    offset = rank - len(target)
+    cuts = _axis_plan(analysis, plan, out, rank)
+    changes = {axis - offset: len(kept) for axis, kept in cuts.items() if axis >= offset}
+    if node.op_type == "Reshape":
+        return {entry: size for entry, size in changes.items() if target[entry] not in (-1, 0)}
+    constant = _constant_entries(analysis, node.input[1], producer)
+    return {entry: size for entry, size in changes.items() if target[entry] != 1 and entry in constant}
+
+
+def _constant_entries(analysis: GraphAnalysis, target: str, producer: onnx.NodeProto | None) -> set[int]:
+    """The entries of a shape vector that are constants: all of a static one, those of a Concat's static pieces."""
+    if target in analysis.static:
+        return set(range(len(analysis.values[target])))
+    if producer is None or producer.op_type != "Concat":
+        return set()
+    found, offset = set(), 0
+    for name in producer.input:
+        size = analysis.values[name].size
+        if name in analysis.static:
+            found.update(range(offset, offset + size))
+        offset += size
+    return found
 
 
 def _concat_inputs(

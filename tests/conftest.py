@@ -82,6 +82,24 @@ def decoder_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def dynamo_decoder_cache(tmp_path_factory):
+    """Build (with random projection biases) and export (`torch.onnx.export(dynamo=True)`, opset 18) a tiny decoder
+    on demand: family -> (torch model, path); the folder also holds its config and tokenizer."""
+    built: dict = {}
+    root = tmp_path_factory.mktemp("dynamo-decoders")
+
+    def get(family: str):
+        if family not in built:
+            model = tiny_decoders.randomize_biases(tiny_decoders.build(family))
+            folder = root / family
+            folder.mkdir(exist_ok=True)
+            built[family] = (model, tiny_decoders.export_dynamo(model, folder))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def shared_model_dir() -> Path:
     if not (SHARED_MODEL / "model.onnx").exists():
         pytest.skip(f"{SHARED_MODEL} is absent here (.ci/run requires it, so CI always runs this)")

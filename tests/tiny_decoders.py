@@ -1,6 +1,6 @@
-"""Tiny random decoder language models (GPT-2, Llama, Qwen2, Mistral) built from transformers configs, exported by
-optimum with their KV cache (`text-generation-with-past`), and pruned by hand in torch as the reference that ONNX
-pruning must reproduce."""
+"""Tiny random decoder language models (GPT-2, Llama, Qwen2, Mistral) built from transformers configs, exported with
+their KV cache by optimum (`text-generation-with-past`) or by `torch.onnx.export(dynamo=True)`, and pruned by hand in
+torch as the reference that ONNX pruning must reproduce."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import transformers
+from transformers.cache_utils import DynamicCache
 
 FAMILIES = ("gpt2", "llama", "qwen2", "mistral")
 VOCAB = 120
@@ -59,6 +61,17 @@ def _randomize_norms(model: torch.nn.Module) -> None:
                 bias.copy_(0.3 * torch.randn(bias.shape, generator=generator))
 
 
+def randomize_biases(model: torch.nn.Module) -> torch.nn.Module:
+    """Fresh projection biases are zeros, and the dynamo exporter's optimizer drops a zero bias: random ones keep
+    them in the graph (GPT-2's Conv1D and Qwen2's Q, K, V biases), so their slicing is tested."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, bias in model.named_parameters():
+            if name.endswith(".bias") and "Norm" not in type(model.get_submodule(name.rsplit(".", 1)[0])).__name__:
+                bias.copy_(0.3 * torch.randn(bias.shape, generator=generator))
+    return model
+
+
 def export_optimum(model: transformers.PreTrainedModel, folder: Path, opset: int = 18) -> Path:
     """One model.onnx with past_key_values.* inputs and present.* outputs, plus config and tokenizer files."""
     from optimum.exporters.onnx import onnx_export_from_model
@@ -70,6 +83,82 @@ def export_optimum(model: transformers.PreTrainedModel, folder: Path, opset: int
         )
     save_tokenizer(folder, bos=model.config.model_type != "gpt2")
     return folder / "model.onnx"
+
+
+class _FlatCache(torch.nn.Module):
+    """The model with its cache as flat tensors, the form `torch.onnx.export` takes: token ids, mask, positions and
+    a key and a value per layer in; logits and the extended keys and values out."""
+
+    def __init__(self, model: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        cache = DynamicCache()
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+
+
+def export_dynamo(model: transformers.PreTrainedModel, folder: Path, opset: int = 18) -> Path:
+    """`torch.onnx.export(dynamo=True)` of the model with its cache, under optimum's input and output names
+    (`past_key_values.N.key/value` in, `present.N.key/value` out), weights inside model.onnx; config and tokenizer
+    files beside it. Traced at batch 2, 5 new tokens over a past of 3: every size distinct and above 1, so that
+    torch.export keeps each one symbolic (it specialises sizes 0 and 1). The mask's length gets a symbol of its own
+    (torch.export cannot spell past + new on an input); the graph reads it at positions up to past + new."""
+    config = model.config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    batch, new, past = 2, 5, 3
+    layers = range(config.num_hidden_layers)
+    caches = [f"past_key_values.{i}.{kind}" for i in layers for kind in ("key", "value")]
+    sizes = {n: torch.export.Dim(n) for n in ("batch_size", "sequence_length", "past_sequence_length")}
+    tokens = {0: sizes["batch_size"], 1: sizes["sequence_length"]}
+    args = (
+        torch.from_numpy(sample_ids(batch, new)),
+        torch.ones(batch, past + new, dtype=torch.int64),
+        torch.arange(past, past + new).repeat(batch, 1),
+        [torch.randn(batch, kv_heads, past, head_dim) for _ in caches],
+    )
+    shapes = (
+        tokens,
+        {0: sizes["batch_size"], 1: torch.export.Dim("total_sequence_length")},
+        tokens,
+        [{0: sizes["batch_size"], 2: sizes["past_sequence_length"]}] * len(caches),
+    )
+    path = folder / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _FlatCache(copy.deepcopy(model)).eval(),
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask", "position_ids", *caches],
+            output_names=["logits", *(c.replace("past_key_values", "present") for c in caches)],
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
+    _inline_external_data(path)
+    config.save_pretrained(str(folder))
+    save_tokenizer(folder, bos=config.model_type != "gpt2")
+    return path
+
+
+def _inline_external_data(path: Path) -> None:
+    """The dynamo exporter may write weights beside the model; keep tiny models in one file."""
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        onnx.save(onnx.load(str(path)), str(path))
+        data.unlink()
 
 
 def save_tokenizer(folder: Path, bos: bool) -> Path:
