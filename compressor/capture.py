@@ -84,7 +84,7 @@ class SquareSums:
 class CapturedStats:
     plan: CapturePlan
     layers: list[Moments]  # U_l, tokens
-    hidden: list[Moments]  # h_l against U_l (partner), tokens
+    hidden: list[Moments] | None  # h_l against U_l (partner), tokens; None when not gathered (`capture`'s stream)
     top_hidden: Moments | None  # hidden as the head reads it, against T; None for an encoder without a head
     top_kind: str  # T: "label", "prediction" or "output"
     readers: dict[str, SquareSums]  # per name in plan.reader_inputs
@@ -187,9 +187,12 @@ def capture(
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
     session: ort.InferenceSession | None = None,
+    stream: bool = True,
 ) -> CapturedStats:
     """Run the model over the chosen samples and accumulate every moment the scorers need; `session`: one of
-    `analysis.model` that exposes `capture_names` (the pipeline's, shared with later stages), else one is made."""
+    `analysis.model` that exposes `capture_names` (the pipeline's, shared with later stages), else one is made.
+    `stream`: also the hidden stream against each layer's units (`CapturedStats.hidden`), which only scoring the
+    stream and wanda's input norms read (a third of the moment arithmetic of capture on minilm-sst2)."""
     plan = plan_capture(analysis)
     _require_tapped(plan)
     names = capture_names(plan)
@@ -197,7 +200,7 @@ def capture(
     sizes = [t.size for t in plan.layers]
     layers = [Moments(d, precision=np.float32) for d in sizes]  # the largest state: float32 (`statistics`)
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
-    hidden = [Moments(hidden_size, d, precision=np.float32) for d in sizes]
+    hidden = [Moments(hidden_size, d, precision=np.float32) for d in sizes] if stream else None
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden else None
     readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs}
@@ -205,11 +208,12 @@ def capture(
     for feeds in calibration.batches(indices, batch_size):
         outputs = dict(zip(names, session.run(names, feeds)))
         mask, count = token_mask(feeds), batch_length(feeds)
-        for taps, moments, stream in zip(plan.layers, layers, hidden):
+        for index, (taps, moments) in enumerate(zip(plan.layers, layers)):
             for heads, ffn, stream_tensor in taps.applications:
                 units = np.concatenate([token_rows(outputs[heads], mask), token_rows(outputs[ffn], mask)], axis=1)
                 moments.add(units)
-                stream.add(token_rows(outputs[stream_tensor], mask), units)
+                if hidden is not None:
+                    hidden[index].add(token_rows(outputs[stream_tensor], mask), units)
         for name, sums in readers.items():
             sums.add(token_rows(outputs[name], mask))
         if top_hidden is not None:

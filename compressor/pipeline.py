@@ -150,12 +150,17 @@ def compress(
     refit_inputs = refit_inputs or default_refit_inputs(analysis, data, granularity)
     allocation = allocation or default_allocation(method, data, granularity)
     start = timer.stage("calibration", start)
+    # FLOPs are probed (a session with every tensor exposed) where they add least to the peak: here for the original,
+    # after pruning for the sliced model (refits change no shape); after fidelity they set minilm-sst2's (+170 MB)
+    flops_before, sequence_length = flops_per_token(analysis.model, data, held_out)
+    start = timer.stage("flops", start)
     stats = None
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
     original = fidelity.session(source, exposed)  # one session of the original for every stage
     if method in ("mi", "wanda"):
         with reporter.stage("capturing activations", len(scored)) as advance:
-            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original)
+            stream = method == "wanda" or "hidden" in granularity  # what reads the stream's moments
+            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original, stream)
     start = timer.stage("capture", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)
@@ -164,6 +169,8 @@ def compress(
     start = timer.stage("scoring", start)
     pruned = apply_masks(analysis, masks)
     start = timer.stage("prune", start)
+    flops_after = flops_per_token(pruned, data, held_out)[0]  # before fusion hides the attention products
+    start = timer.stage("flops", start)
     recovered = None
     if recover:
         sliced = pruned
@@ -183,7 +190,6 @@ def compress(
         fidelity_report["without_recovery"] = fidelity.compare(
             original, fidelity.session(sliced), data, held_out, batch_size
         )
-    flops = flops_per_token(analysis.model, pruned, data, held_out)  # before fusion hides the attention products
     start = timer.stage("fidelity", start)
     optimized = None
     if optimize:
@@ -205,7 +211,7 @@ def compress(
         analysis, float_model, masks, keep, method, granularity, data, scored, held_out, signal, fidelity_report, timer
     )
     report["allocation"] = allocation
-    report["flops_per_token"] = flops
+    report["flops_per_token"] = {"before": flops_before, "after": flops_after, "sequence_length": sequence_length}
     report["recovery"] = None if recovered is None else {"inputs": refit_inputs, **recovered.summary()}
     report["optimization"] = optimized
     report["quantization"] = quantization
@@ -368,17 +374,12 @@ def build_report(
     }
 
 
-def flops_per_token(original: onnx.ModelProto, pruned: onnx.ModelProto, data, held_out) -> dict:
-    """MatMul and Gemm FLOPs per token (`graph_passes.flops`, the benchmark's definition) of both models on the
-    longest held-out calibration sample."""
-    sample = data.by_length(held_out)[-1]
-    feeds = next(data.batches([sample], 1))
+def flops_per_token(model: onnx.ModelProto, data: calib.Calibration, held_out: list[int]) -> tuple[int, int]:
+    """MatMul and Gemm FLOPs per token (`graph_passes.flops`, the benchmark's definition) of `model` on the longest
+    held-out calibration sample (a pruned decoder's empty caches shaped for it), and that sample's length."""
+    feeds = next(data.batches([data.by_length(held_out)[-1]], 1))
     tokens = max((a.shape[1] for a in feeds.values() if a.ndim >= 2), default=1)
-    return {
-        "before": round(matmul_flops_per_token(original, feeds, tokens)),
-        "after": round(matmul_flops_per_token(pruned, fit_empty_caches(declared_shapes(pruned), feeds), tokens)),
-        "sequence_length": int(tokens),
-    }
+    return round(matmul_flops_per_token(model, fit_empty_caches(declared_shapes(model), feeds), tokens)), int(tokens)
 
 
 def _group_entry(group, mask: np.ndarray | None) -> dict:

@@ -7,7 +7,7 @@ original activations:
     min over (W', b') of  E ‖ x W' + b' - (z W + b)[kept outputs] ‖²  +  λ ‖W'‖²
 
 z: all units as the original model computes them; x: the kept units, either as the original computes them
-("original" inputs: a pass of the original per layer, whose moments are solved and released before the next; the
+("original" inputs: a pass of the original per group of layers whose moments fit a budget; the
 removed units' contribution is re-expressed through the kept ones that predict it) or as the pruned model computes them
 with every layer below already refit (layer by layer, each model cut down to one layer and fed with that layer's input
 as it computed it; on minilm-sst2 this measured lower dev accuracy at keep 0.4 and 0.8, see BENCHMARKS.md). With
@@ -81,6 +81,7 @@ RIDGES = (
     1.0,
 )  # relative to the mean variance of the kept units
 CHECK_EVERY = 4  # every 4th calibration sample is held out to check each refit
+MOMENT_BUDGET = 2**28  # bytes of refit moments that one pass of the original may gather (256 MiB)
 SHARED_PRUNED = "shared by several layers: refitting it on pruned inputs would change its other applications' inputs"
 
 
@@ -239,7 +240,7 @@ def recover(
 ) -> Recovery:
     """Refit, in graph order, every projection that reads pruned units.
 
-    `inputs`: "original" fits each projection on the original model's activations (a pass of the original per layer);
+    `inputs`: "original" fits each projection on the original model's activations (a pass per group of layers);
     "pruned" fits it on what the pruned model computes once every layer below is refit (a pass per projection,
     each covering one layer); "stream" also, with the original stream as target (`_compensated_moments`), and refits
     the projections that read the stream too. Each refit must lower its projection's held-out error; the whole must
@@ -358,19 +359,42 @@ def _original_moments(
 ) -> Iterator[tuple[Moments, Moments]]:
     """For every projection, x = the original's own activations at the kept inputs, y = its original outputs.
 
-    Lazy, a layer at a time: one pass of the original per layer accumulates that layer's moments, and each is handed
-    out once and dropped here, so memory holds one layer's float64 moments however many layers and samples there are.
+    Lazy, a few layers at a time: one pass of the original gathers the moments of as many consecutive layers as fit
+    `MOMENT_BUDGET` (`_passes`: all six of minilm-sst2 at keep 0.4, 64 MB), each handed out once and dropped here.
+    Memory holds at most the budget's float64 moments (or one layer's, when that is larger) however many layers and
+    samples there are, and per batch the activations that those layers' projections read (capture's run holds every
+    layer's). A pass of the original costs about the same whatever it exposes: on minilm-sst2, six passes became one.
     """
-    for _, mine in groupby(found, key=lambda projection: projection.layer):
-        layer = _layer_moments(original, list(mine), batches)
-        while layer:
-            yield layer.pop(0)
+    for passed in _passes(found, MOMENT_BUDGET):
+        moments = _layer_moments(original, passed, batches)
+        while moments:
+            yield moments.pop(0)
+
+
+def _passes(found: list[Projection], budget: int) -> Iterator[list[Projection]]:
+    """The projections of consecutive layers, grouped so that each group's moments take at most `budget` bytes (a
+    layer whose own moments are larger makes a group alone)."""
+    group: list[Projection] = []
+    for _, layer in groupby(found, key=lambda projection: projection.layer):
+        mine = list(layer)
+        if group and sum(map(_moment_bytes, group + mine)) > budget:
+            yield group
+            group = []
+        group += mine
+    if group:
+        yield group
+
+
+def _moment_bytes(projection: Projection) -> int:
+    """The float64 products of a projection's fit and held-out moments: x xᵀ and x yᵀ, twice."""
+    inputs = len(projection.rows)
+    return 2 * 8 * inputs * (inputs + projection.target.shape[1])
 
 
 def _layer_moments(
     original: ort.InferenceSession, mine: list[Projection], batches: list[Batch]
 ) -> list[tuple[Moments, Moments]]:
-    """Fit and held-out moments of the projections `mine` (one layer's), from one pass of the original."""
+    """Fit and held-out moments of the projections `mine` (of one or more layers), from one pass of the original."""
     moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in mine]
     names = list(dict.fromkeys(name for p in mine for name in p.activations))
     for batch in batches:

@@ -224,9 +224,9 @@ def test_one_sample_leaves_nothing_to_fit_and_nothing_refit(export_cache):
     assert result.model is pruned
 
 
-def test_original_inputs_are_gathered_and_refit_a_layer_at_a_time(export_cache, monkeypatch):
-    """Memory flat in the number of layers: each pass of the original asks for one layer's activations, and that
-    layer's projections are refit (their moments released) before the next layer's pass."""
+def _passes_and_refits(export_cache, monkeypatch, budget: int) -> list[tuple]:
+    """The order in which `recover` runs passes of the original (by the layers whose activations they ask for) and
+    refits projections (by layer), with `MOMENT_BUDGET` set to `budget`."""
     analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
     layer_of = {name: p.layer for p in projections(analysis, masks) for name in p.activations}
     original = session(analysis.model, recovery.activation_names(analysis))
@@ -234,7 +234,8 @@ def test_original_inputs_are_gathered_and_refit_a_layer_at_a_time(export_cache, 
 
     class Recorded:
         def run(self, names, feeds):
-            events.extend(("pass", layer_of[name]) for name in names if name in layer_of)
+            layers = tuple(sorted({layer_of[name] for name in names if name in layer_of}))
+            events.extend([("pass", layers)] if layers else [])
             return original.run(names, feeds)
 
         def get_outputs(self):
@@ -242,9 +243,49 @@ def test_original_inputs_are_gathered_and_refit_a_layer_at_a_time(export_cache, 
 
     refit = recovery._refit
     monkeypatch.setattr(recovery, "_refit", lambda p, *moments: events.append(("refit", p.layer)) or refit(p, *moments))
+    monkeypatch.setattr(recovery, "MOMENT_BUDGET", budget)
     recover(analysis, apply_masks(analysis, masks), masks, data, list(range(40)), batch_size=16, original=Recorded())
-    order = [event for i, event in enumerate(events) if i == 0 or events[i - 1] != event]
-    assert order == [("pass", 0), ("refit", 0), ("pass", 1), ("refit", 1)]
+    return [event for i, event in enumerate(events) if i == 0 or events[i - 1] != event]
+
+
+def test_original_inputs_are_gathered_a_layer_at_a_time_over_the_moment_budget(export_cache, monkeypatch):
+    """Memory bounded per layer: when two layers' moments pass the budget, each pass of the original asks for one
+    layer's activations, and that layer's projections are refit (their moments released) before the next pass."""
+    order = _passes_and_refits(export_cache, monkeypatch, budget=0)
+    assert order == [("pass", (0,)), ("refit", 0), ("pass", (1,)), ("refit", 1)]
+
+
+def test_original_inputs_of_every_layer_are_gathered_in_one_pass_within_the_budget(export_cache, monkeypatch):
+    order = _passes_and_refits(export_cache, monkeypatch, budget=recovery.MOMENT_BUDGET)
+    assert order == [("pass", (0, 1)), ("refit", 0), ("refit", 1)]
+
+
+def test_one_pass_and_a_pass_per_layer_gather_the_same_moments(export_cache):
+    analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
+    found = projections(analysis, masks)
+    original = session(analysis.model, recovery.activation_names(analysis))
+    batches = recovery._batches(data, list(range(40)), 16)
+    together = recovery._layer_moments(original, found, batches)
+    layers = [[p for p in found if p.layer == layer] for layer in (0, 1)]
+    alone = [moments for mine in layers for moments in recovery._layer_moments(original, mine, batches)]
+    assert len(together) == len(alone) == len(found) == 4
+    for pair, other in zip(together, alone):
+        for one, two in zip(pair, other):
+            assert one.count == two.count > 0
+            assert np.array_equal(one.gram, two.gram) and np.array_equal(one.cross, two.cross)
+            assert one.partner_squares == two.partner_squares
+
+
+def test_passes_group_consecutive_layers_within_the_budget(export_cache):
+    analysis, masks, _ = _setup(export_cache, "bert", "optimum-opset17")
+    found = projections(analysis, masks)
+    per_layer = [sum(recovery._moment_bytes(p) for p in found if p.layer == layer) for layer in (0, 1)]
+
+    def layers(budget: int) -> list[list[int]]:
+        return [[p.layer for p in group] for group in recovery._passes(found, budget)]
+
+    assert layers(sum(per_layer)) == [[0, 0, 1, 1]]
+    assert layers(sum(per_layer) - 1) == layers(0) == [[0, 0], [1, 1]]
 
 
 @pytest.mark.parametrize("bias", [True, False])
