@@ -31,6 +31,7 @@ from compressor.quantization import (
     quantize as quantized,
 )
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
+from graph_passes.external_data import DataFile, materialize_in_place, model_bytes
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.quantized_weights import float_view
 from graph_passes.sessions import check_model
@@ -38,6 +39,7 @@ from user_errors import first_line
 
 DEFAULT_GRANULARITY = ("heads", "ffn")
 HOLDOUT_MAX = 128
+SLICED_DATA = "sliced.onnx.data"  # in the workspace
 
 
 @dataclass
@@ -85,6 +87,7 @@ def compress(
     optimize: bool = False,
     quantize: str | None = None,
     quiet: bool = True,
+    workspace: str | Path | None = None,
 ) -> CompressionResult:
     """Prune `model` to keep `keep` of its encoder's prunable weights; return the model and its report.
 
@@ -101,7 +104,10 @@ def compress(
     `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel), `quantize="int4"` to MatMulNBits
     (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
     draws the calibration rows from a file that has more than `samples` (and the synthetic fallback's), splits off
-    the held-out samples and seeds `method="random"`.
+    the held-out samples and seeds `method="random"`. `workspace`: a folder that receives the sliced weights of a
+    model whose weights lie in external data files, so that they are not held in memory; the returned model then
+    refers to them there, and to the input's files for the weights left whole (the command line writes it, then
+    removes the folder). Without it the returned model holds all its weights.
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -120,7 +126,7 @@ def compress(
         raise CompressorError(f"unknown --quantize {quantize!r}; choose from {', '.join(QUANTIZE_TYPES)}")
     check_counts(samples=samples, batch_size=batch_size, max_length=max_length, seed=seed)
     path = None if isinstance(model, onnx.ModelProto) else model_file(Path(model))
-    source = model if path is None else load_model(path)
+    source = model if path is None else load_model(path, referenced=True)
     refuse_quantized(source)
     quantized_source, source = source, float_view(source)  # an int4 input is scored and refit in float
     int4_input = quantized_source is not source
@@ -162,7 +168,7 @@ def compress(
     signal = stats.top_kind if stats else None
     del stats  # a layer's moments are (units x units): released once the masks are chosen
     start = timer.stage("scoring", start)
-    pruned = apply_masks(analysis, masks)
+    pruned = apply_masks(analysis, masks, data=DataFile(Path(workspace) / SLICED_DATA) if workspace else None)
     start = timer.stage("prune", start)
     recovered = None
     if recover:
@@ -183,6 +189,8 @@ def compress(
         )
     flops = flops_per_token(analysis.model, pruned, data, held_out)  # before fusion hides the attention products
     start = timer.stage("fidelity", start)
+    if workspace is None or optimize or quantize or int4_input:
+        materialize_in_place(pruned)  # ONNX Runtime's fusion and quantizers read the weights from the protobuf
     optimized = None
     if optimize:
         pruned, optimized = optimization.optimize(pruned, data, batch_size)
@@ -207,9 +215,9 @@ def compress(
     report["recovery"] = None if recovered is None else {"inputs": refit_inputs, **recovered.summary()}
     report["optimization"] = optimized
     report["quantization"] = quantization
-    report["file_bytes"]["after"] = pruned.ByteSize()
+    report["file_bytes"]["after"] = model_bytes(pruned)
     if int4_input:  # not its float view's
-        report["file_bytes"]["before"] = quantized_source.ByteSize()
+        report["file_bytes"]["before"] = model_bytes(quantized_source)
     report["peak_rss_gb"] = {"total": peak_rss_gb(), "after_stage": timer.peak_rss_gb}
     return CompressionResult(pruned, report, masks)
 
@@ -355,7 +363,7 @@ def build_report(
         "groups": [_group_entry(g, masks.get(g.name)) for g in analysis.groups if g.kind in budget.GRANULARITIES],
         "encoder_weights": {"before": before, "after": after},
         "parameters": {"before": _parameters(analysis.model), "after": _parameters(pruned)},
-        "file_bytes": {"before": analysis.model.ByteSize(), "after": pruned.ByteSize()},
+        "file_bytes": {"before": model_bytes(analysis.model), "after": model_bytes(pruned)},
         "fidelity": fidelity_report,
         "seconds": timer.seconds,
     }
