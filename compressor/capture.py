@@ -25,6 +25,8 @@ from compressor.statistics import Moments
 from graph_passes import GraphAnalysis, UnsupportedGraphError
 from graph_passes.sessions import cpu_session
 
+RUN_BYTES = 2**30  # what one run may return to capture
+
 
 @dataclass(frozen=True)
 class LayerTaps:
@@ -143,9 +145,10 @@ def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
 
 
 def capture_names(plan: CapturePlan) -> list[str]:
-    """The tensors capture reads, in the order `capture` asks for them."""
+    """The tensors capture reads, in the order `capture` asks for them (the output only when a head's input is
+    summarised against it: a decoder's logits are the largest tensor of a run, and capture does not read them)."""
     names = [n for t in plan.layers for use in t.applications for n in use]
-    return names + [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
+    return names + ([plan.output, plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
@@ -187,9 +190,14 @@ def capture(
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
     session: ort.InferenceSession | None = None,
+    stream_cross: bool = True,
 ) -> CapturedStats:
     """Run the model over the chosen samples and accumulate every moment the scorers need; `session`: one of
-    `analysis.model` that exposes `capture_names` (the pipeline's, shared with later stages), else one is made."""
+    `analysis.model` that exposes `capture_names` (the pipeline's, shared with later stages), else one is made.
+    `stream_cross`: also the products of the hidden stream with each layer's units, which only scoring the hidden
+    stream reads (TinyLlama's shape: 1.4 GB in float32, and more arithmetic than a forward pass's attention).
+
+    Each run takes at most `batch_size` samples, and fewer when the tensors it returns would pass `RUN_BYTES`."""
     plan = plan_capture(analysis)
     _require_tapped(plan)
     names = capture_names(plan)
@@ -197,12 +205,12 @@ def capture(
     sizes = [t.size for t in plan.layers]
     layers = [Moments(d, precision=np.float32) for d in sizes]  # the largest state: float32 (`statistics`)
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
-    hidden = [Moments(hidden_size, d, precision=np.float32) for d in sizes]
+    hidden = [Moments(hidden_size, d if stream_cross else 0, precision=np.float32) for d in sizes]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden else None
     readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs}
     done = 0
-    for feeds in calibration.batches(indices, batch_size):
+    for feeds in calibration.batches(indices, run_size(analysis, names, calibration.max_length, batch_size)):
         outputs = dict(zip(names, session.run(names, feeds)))
         mask, count = token_mask(feeds), batch_length(feeds)
         for taps, moments, stream in zip(plan.layers, layers, hidden):
@@ -219,6 +227,14 @@ def capture(
         if progress:
             progress(count)
     return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output", readers)
+
+
+def run_size(analysis: GraphAnalysis, names: Sequence[str], tokens: int, batch_size: int) -> int:
+    """Samples per run: `batch_size`, or fewer when the tensors `names` of that many samples of `tokens` tokens
+    would pass `RUN_BYTES` (each counted as one row of its last axis per token). A TinyLlama-shaped model returns
+    0.86 MB of them per token: 7 GB for 32 samples of 256 tokens."""
+    per_token = sum(analysis.values[name].shape[-1] * analysis.values[name].dtype.itemsize for name in names)
+    return max(1, min(batch_size, RUN_BYTES // max(per_token * tokens, 1)))
 
 
 def _top_signal_shape(analysis: GraphAnalysis, plan: CapturePlan, calibration: Calibration) -> tuple[int, str]:

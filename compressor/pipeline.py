@@ -161,7 +161,9 @@ def compress(
     original = fidelity.session(source, exposed)  # one session of the original for every stage
     if method in ("mi", "wanda"):
         with reporter.stage("capturing activations", len(scored)) as advance:
-            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original)
+            stats = capture(
+                analysis, data, data.by_length(scored), batch_size, advance, original, "hidden" in granularity
+            )
     start = timer.stage("capture", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)
