@@ -16,7 +16,7 @@ import onnx
 
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
-from compressor.capture import capture, capture_names, plan_capture
+from compressor.capture import capture, capture_names, capture_passes, plan_capture
 from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
@@ -105,9 +105,10 @@ def compress(
     (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
     draws the calibration rows from a file that has more than `samples` (and the synthetic fallback's), splits off
     the held-out samples and seeds `method="random"`. `workspace`: a folder that receives the sliced weights of a
-    model whose weights lie in external data files, so that they are not held in memory; the returned model then
-    refers to them there, and to the input's files for the weights left whole (the command line writes it, then
-    removes the folder). Without it the returned model holds all its weights.
+    model whose weights lie in external data files, so that they are not held in memory (the returned model then
+    refers to them there, and to the input's files for the weights left whole; the command line writes it, then
+    removes the folder), and capture's moments when they are too many for one pass (`capture.capture_passes`).
+    Without it the returned model holds all its weights.
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -160,10 +161,9 @@ def compress(
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
     original = fidelity.session(source, exposed)  # one session of the original for every stage
     if method in ("mi", "wanda"):
-        with reporter.stage("capturing activations", len(scored)) as advance:
-            stats = capture(
-                analysis, data, data.by_length(scored), batch_size, advance, original, "hidden" in granularity
-            )
+        cross = "hidden" in granularity
+        with reporter.stage("capturing activations", len(scored) * len(capture_passes(analysis, cross))) as advance:
+            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original, cross, workspace)
     start = timer.stage("capture", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)

@@ -1,7 +1,11 @@
 """What capture holds: runs no larger than `RUN_BYTES` returns, no products of the hidden stream with the units
-unless they are scored, and no decoder logits (models built with numpy by `bench.large_models`)."""
+unless they are scored, no decoder logits, and moments past one pass's share in files (models built with numpy by
+`bench.large_models`)."""
 
 from __future__ import annotations
+
+import gc
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -10,7 +14,16 @@ from bench.large_models import DecoderShape, Shape, build, build_decoder
 from bench.workload import feeds
 from compressor import capture as capture_module
 from compressor.calibration import from_arrays
-from compressor.capture import capture, capture_names, capture_session, plan_capture, run_size
+from compressor.capture import (
+    StoredMoments,
+    capture,
+    capture_names,
+    capture_passes,
+    capture_session,
+    plan_capture,
+    run_size,
+)
+from compressor.scoring import choose_masks
 from graph_passes import analyze, load_model
 
 SAMPLES = 12
@@ -69,3 +82,30 @@ def test_a_decoder_capture_does_not_ask_for_the_logits(tmp_path):
     plan = plan_capture(analysis)
     assert plan.top_hidden is None and plan.output == "logits"
     assert "logits" not in capture_names(plan)
+
+
+def test_moments_past_one_pass_are_accumulated_layer_group_by_group_into_files_and_read_back_equal(
+    encoder, monkeypatch, tmp_path
+):
+    """Each pass runs the same samples in the same runs and accumulates its layers' moments, kept in files in the
+    given folder until the statistics are released: every product equals the one-pass capture's, and scoring
+    chooses the same units."""
+    analysis, data = encoder
+    whole = capture(analysis, data, list(range(SAMPLES)), batch_size=5)
+    monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
+    monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
+    assert capture_passes(analysis) == [[0], [1]]
+    seen = []
+    parts = capture(analysis, data, list(range(SAMPLES)), 5, seen.append, folder=tmp_path)
+    assert seen == [5, 5, 2] * 2
+    assert isinstance(parts.layers, StoredMoments) and len(parts.layers) == 2
+    assert len(list(tmp_path.glob("mi-compressor-moments-*/*.npz"))) == 4
+    for mine, theirs in zip([*parts.layers, *parts.hidden], whole.layers + whole.hidden, strict=True):
+        for field_ in fields(theirs):
+            assert np.array_equal(getattr(mine, field_.name), getattr(theirs, field_.name)), field_.name
+    counts = {g.name: g.units // 2 for g in analysis.groups if g.kind in ("heads", "ffn")}
+    chosen, expected = (choose_masks("mi", analysis, counts, stats) for stats in (parts, whole))
+    assert all(np.array_equal(chosen[name], expected[name]) for name in expected)
+    del parts
+    gc.collect()
+    assert not list(tmp_path.iterdir())
