@@ -159,11 +159,12 @@ def compress(
     start = timer.stage("calibration", start)
     stats = None
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
-    original = fidelity.session(source, exposed)  # one session of the original for every stage
     if method in ("mi", "wanda"):
         cross = "hidden" in granularity
         with reporter.stage("capturing activations", len(scored) * len(capture_passes(analysis, cross))) as advance:
-            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original, cross, workspace)
+            session = fidelity.session(source, exposed)  # released before scoring, whose float64 products need room
+            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, session, cross, workspace)
+            del session
     start = timer.stage("capture", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)
@@ -172,6 +173,7 @@ def compress(
     start = timer.stage("scoring", start)
     pruned = apply_masks(analysis, masks, data=DataFile(Path(workspace) / SLICED_DATA) if workspace else None)
     start = timer.stage("prune", start)
+    original = fidelity.session(source, exposed)  # one session of the original for recovery and fidelity
     recovered = None
     if recover:
         sliced = pruned

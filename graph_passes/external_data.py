@@ -4,9 +4,10 @@ A model read from disk keeps each external tensor as the file reader left it, a 
 length), with the location made absolute (`reference_in_place`), so that the model can be copied, cut and handed to
 ONNX Runtime without its weights ever being copied into memory. `tensor_array` reads a tensor's value: a read-only
 memory map of its bytes for an external one. New large tensors (sliced or refit weights) are appended to a
-`DataFile` of the caller's at aligned offsets and referenced the same way. Files written for others (an ONNX Runtime
-session, onnx.checker, the output) take relative locations: `relative_to` rewrites them for one folder, and
-`write_with_data` copies the referenced bytes into the output's own data file.
+`DataFile` of the caller's at aligned offsets and referenced the same way. Files written for others (a graph handed
+to ONNX Runtime, a model written out) take relative locations: `relative_to` rewrites them for one folder
+(`common_folder` holds them all), and `model_io.save_with_data` copies the referenced bytes into a data file of the
+model's own.
 """
 
 from __future__ import annotations
@@ -92,8 +93,10 @@ def nbytes(tensor: onnx.TensorProto) -> int:
     """The bytes of a tensor's data, wherever they are."""
     if is_external(tensor):
         return _span(tensor)[1]
-    if tensor.HasField("raw_data") or tensor.data_type == onnx.TensorProto.STRING:
-        return len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return tensor.ByteSize()
     return math.prod(tensor.dims) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
@@ -139,7 +142,8 @@ class DataFile:
         self.path.touch()
 
     def store(self, name: str, array: np.ndarray) -> onnx.TensorProto:
-        """The array written at the end of the file, as an external tensor named `name`."""
+        """The array written at the end of the file, as an external tensor named `name` (held in memory when it is
+        under `EXTERNAL_THRESHOLD` bytes)."""
         tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
         return self.store_tensor(tensor) if nbytes(tensor) >= EXTERNAL_THRESHOLD else tensor
 
@@ -192,7 +196,7 @@ def common_folder(tensors: list[onnx.TensorProto]) -> Path:
 
 def relative_to(tensors: list[onnx.TensorProto], folder: Path) -> list[onnx.TensorProto]:
     """Copies of the tensors, the absolute locations of the external ones made relative to `folder` (which holds
-    them all): how a file that ONNX Runtime or onnx.checker reads must spell them."""
+    them all): how a model handed to ONNX Runtime, or written out, must spell them."""
     copies = []
     for tensor in tensors:
         copy = onnx.TensorProto()
