@@ -1,9 +1,11 @@
 """What `compress` costs as models grow: wall time and peak resident memory of one `compress` command on BERT-shaped
-encoders with random weights (`bench.large_models`), against the size of their weights, with the peak reached by the
-end of each stage (the report's `peak_rss_gb`).
+encoders and Llama-shaped decoders with random weights (`bench.large_models`), against the size of their weights,
+with the peak reached by the end of each stage (the report's `peak_rss_gb`); and what the compute of one decoder layer
+costs in ONNX Runtime on this machine (`layer_speed`), against which a decoder's wall time can be judged.
 
     python -m bench.size                       # every shape in SHAPES, rows as JSON
     python -m bench.size --shapes bert-base    # one
+    python -m bench.size --layer-speed         # tokens per second through one TinyLlama-shaped layer
 
 The section of BENCHMARKS.md (`python -m bench.compare ... --only size`) is written from these rows.
 """
@@ -17,28 +19,39 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from bench.large_models import Shape, build
+import numpy as np
 
+from bench.large_models import DecoderShape, Shape, build, build_decoder
+from graph_passes import load_model, truncated
+from graph_passes.sessions import cpu_session
+
+TINYLLAMA = DecoderShape(layers=22, hidden=2048, heads=32, kv_heads=4, ffn=5632)  # 1.1 B parameters
 SHAPES = {
     "bert-mini": Shape(layers=4, hidden=256, heads=4, ffn=1024),
     "bert-small": Shape(layers=4, hidden=512, heads=8, ffn=2048),
     "bert-base": Shape(layers=12, hidden=768, heads=12, ffn=3072),
     "bert-large": Shape(layers=24, hidden=1024, heads=16, ffn=4096),
     "2.9 GB": Shape(layers=24, hidden=1600, heads=25, ffn=6400),
+    "tinyllama-4": replace(TINYLLAMA, layers=4),
+    "tinyllama-11": replace(TINYLLAMA, layers=11),
+    "tinyllama": TINYLLAMA,
 }
-KEEP, SAMPLES, LENGTH = 0.5, 32, 32
+KEEP = 0.5
+CALIBRATION = {Shape: (32, 32), DecoderShape: (128, 256)}  # samples and tokens, by kind of model
 
 
-def measure(name: str, shape: Shape, folder: Path) -> dict:
+def measure(name: str, shape: Shape | DecoderShape, folder: Path) -> dict:
     """Build the model in `folder`, compress it in a fresh process; its wall time, peak RSS and per-stage peaks."""
-    model = build(shape, folder / "model.onnx")
+    model = (build if isinstance(shape, Shape) else build_decoder)(shape, folder / "model.onnx")
     weights = sum(p.stat().st_size for p in folder.iterdir())
     out, report = folder / "small.onnx", folder / "report.json"
+    samples, length = CALIBRATION[type(shape)]
     command = [
-        sys.executable, "-m", "command_line", str(model), "--keep", str(KEEP), "--samples", str(SAMPLES),
-        "--max-length", str(LENGTH), "--out", str(out), "--report", str(report), "--quiet", "--method", "mi",
+        sys.executable, "-m", "command_line", str(model), "--keep", str(KEEP), "--samples", str(samples),
+        "--max-length", str(length), "--out", str(out), "--report", str(report), "--quiet", "--method", "mi",
     ]  # fmt: skip
     start = time.perf_counter()
     with open(folder / "stderr.txt", "wb") as errors:
@@ -53,6 +66,7 @@ def measure(name: str, shape: Shape, folder: Path) -> dict:
     return {
         "name": name,
         "shape": vars(shape),
+        "calibration": {"samples": samples, "tokens": length},
         "parameters": shape.parameters,
         "weights_gb": round(weights / 2**30, 3),
         "seconds": round(seconds, 1),
@@ -72,27 +86,67 @@ def size_rows(names: list[str], note: str = "") -> list[dict]:
     return rows
 
 
+def layer_speed(shape: DecoderShape, batch: int, tokens: int, runs: int = 3) -> dict:
+    """Tokens per second through one layer of `shape` (ONNX Runtime, CPU, default threads, prefill of `tokens`
+    tokens at batch `batch`, the layer fed the embedded tokens), the median of `runs` after one warm-up; and the
+    GFLOP/s of its MatMuls (projections, and the attention products over all `tokens` keys)."""
+    with tempfile.TemporaryDirectory(prefix="mi-layer-") as folder:
+        model = load_model(build_decoder(replace(shape, layers=1), Path(folder) / "model.onnx"), referenced=True)
+        layer = cpu_session(truncated(model, ["model.layers.0.mlp_residual"], {"embed": np.float32}))
+        rng = np.random.default_rng(0)
+        empty = np.zeros((batch, shape.kv_heads, 0, shape.head_dim), np.float32)
+        feeds = {
+            "embed": rng.standard_normal((batch, tokens, shape.hidden), np.float32),
+            "input_ids": np.zeros((batch, tokens), np.int64),
+            "attention_mask": np.ones((batch, tokens), np.int64),
+            "position_ids": np.tile(np.arange(tokens), (batch, 1)),
+            "past_key_values.0.key": empty,
+            "past_key_values.0.value": empty,
+        }
+        wanted = {i.name for i in layer.get_inputs()}
+        feeds = {name: value for name, value in feeds.items() if name in wanted}
+        layer.run(None, feeds)
+        seconds = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            layer.run(None, feeds)
+            seconds.append(time.perf_counter() - start)
+    per_token = 2 * (shape.parameters - 2 * shape.vocab * shape.hidden - shape.hidden) / shape.layers
+    per_token += 4 * tokens * shape.heads * shape.head_dim  # Q Kᵀ and P V over every key, as the graph computes them
+    median = float(np.median(seconds))
+    return {
+        "batch": batch,
+        "tokens": tokens,
+        "seconds": round(median, 3),
+        "tokens_per_second": round(batch * tokens / median, 1),
+        "gflops_per_second": round(per_token * batch * tokens / median / 1e9, 1),
+    }
+
+
 def size_markdown(rows: list[dict]) -> list[str]:
     missing = [name for name in SHAPES if name not in {row["name"] for row in rows}]
     lines = [
         "## Model size: time and memory of `compress`",
         "",
         (
-            "`python -m bench.size` (`--only size`): BERT-shaped encoders with random weights built by "
-            f"`bench.large_models` (external data), `compress --keep {KEEP} --method mi --samples {SAMPLES} "
-            f"--max-length {LENGTH}` (inputs from the graph), one fresh process each; peak RSS of the process "
-            "(`wait4`), and by the end of each stage (the report's `peak_rss_gb`)."
+            "`python -m bench.size` (`--only size`): BERT-shaped encoders and Llama-shaped decoders (TinyLlama's "
+            "width, 32 query heads over 4 KV heads, at 4, 11 and 22 layers) with random weights built by "
+            f"`bench.large_models` (external data), `compress --keep {KEEP} --method mi` with the samples and tokens "
+            "of each row (inputs from the graph), one fresh process each; peak RSS of the process (`wait4`), and by "
+            "the end of each stage (the report's `peak_rss_gb`)."
         ),
         "",
-        "| model | parameters | weights GB | wall s | peak RSS GB | peak / weights | by stage: analyze / capture / "
-        + "recovery / fidelity |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| model | parameters | weights GB | samples x tokens | wall s | peak RSS GB | peak / weights | by stage: "
+        + "analyze / capture / recovery / fidelity |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for row in rows:
         stages = row["peak_rss_gb_after_stage"]
         by_stage = " / ".join(f"{stages.get(s, 0):.2f}" for s in ("analyze", "capture", "recovery", "fidelity"))
+        calibration = row.get("calibration", {"samples": 32, "tokens": 32})
         lines.append(
-            f"| {row['name']} | {row['parameters'] / 1e6:.0f} M | {row['weights_gb']:.2f} | {row['seconds']:.0f} | "
+            f"| {row['name']} | {row['parameters'] / 1e6:.0f} M | {row['weights_gb']:.2f} | "
+            f"{calibration['samples']} x {calibration['tokens']} | {row['seconds']:.0f} | "
             f"{row['peak_rss_gb']:.2f} | {row['peak_over_weights']:.2f}x | {by_stage} |"
         )
     notes = list(dict.fromkeys(row["note"] for row in rows if row.get("note")))
@@ -106,7 +160,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--note", default="", help="what else the machine runs meanwhile, printed under the table")
+    parser.add_argument("--layer-speed", action="store_true", help="time one TinyLlama-shaped layer instead")
     args = parser.parse_args()
+    if args.layer_speed:
+        print(json.dumps([layer_speed(TINYLLAMA, batch, 256) for batch in (1, 4, 32)], indent=1))
+        return
     rows = size_rows(args.shapes.split(","), args.note)
     print(json.dumps(rows, indent=1))
     print("\n".join(size_markdown(rows)))

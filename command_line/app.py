@@ -29,7 +29,7 @@ from compressor.calibration import MIN_LENGTH
 from compressor.default_model import default_model_path
 from compressor.errors import CompressorError
 from compressor.evaluation import evaluate_file
-from compressor.output import write_atomic, write_model, write_report
+from compressor.output import workspace_beside, write_atomic, write_model, write_report
 from compressor.paths import Named, check_outputs, model_file, model_inputs, plan_compress, tokenizer_inputs
 from compressor.pipeline import DEFAULT_GRANULARITY, compress
 from compressor.scoring import METHODS
@@ -213,27 +213,29 @@ def run(
     folder = tokenizer or path.parent
     inputs = [*model_inputs(path), *tokenizer_inputs(folder), *([Named("--calib", calib)] if calib else [])]
     paths = plan_compress(path, out, report, keep, inputs)
-    result = compress(
-        path,
-        calib,
-        keep=keep,
-        method=method,
-        granularity=_columns(granularity, "--granularity") or [],
-        samples=samples,
-        max_length=max_length,
-        tokenizer=tokenizer,
-        text_columns=_columns(text_columns, "--text-columns"),
-        label_column=_label(label_column),
-        batch_size=batch_size,
-        seed=seed,
-        recover=recover,
-        refit_inputs=refit_inputs,
-        allocation=allocation,
-        optimize=optimize,
-        quantize=quantize,
-        quiet=quiet,
-    )
-    write_model(result.model, paths, path, result.report)
+    with workspace_beside(paths.model_file) as workspace:  # sliced weights, until the output holds them
+        result = compress(
+            path,
+            calib,
+            keep=keep,
+            method=method,
+            granularity=_columns(granularity, "--granularity") or [],
+            samples=samples,
+            max_length=max_length,
+            tokenizer=tokenizer,
+            text_columns=_columns(text_columns, "--text-columns"),
+            label_column=_label(label_column),
+            batch_size=batch_size,
+            seed=seed,
+            recover=recover,
+            refit_inputs=refit_inputs,
+            allocation=allocation,
+            optimize=optimize,
+            quantize=quantize,
+            quiet=quiet,
+            workspace=workspace,
+        )
+        write_model(result.model, paths, path, result.report)
     result.report.update(model=str(path), output=str(paths.model_file))
     write_report(result.report, paths.report_file)
     if not quiet:
@@ -263,7 +265,7 @@ def eval_command(
         raise CompressorError(f"--stride {stride} is longer than --max-length {max_length}; windows would skip tokens")
     path = model_file(model) if model else default_model_path()
     metrics = evaluate_file(
-        load_model(path),
+        load_model(path, referenced=True),
         data,
         tokenizer or path.parent,
         _columns(text_columns, "--text-columns"),
@@ -325,7 +327,9 @@ def bench(
     if data is not None:
         columns = _columns(text_columns, "--text-columns")
         accuracy = {
-            m: evaluate_file(load_model(m), data, tokenizer or m.parent, columns, _label(label_column), max_length)
+            m: evaluate_file(
+                load_model(m, referenced=True), data, tokenizer or m.parent, columns, _label(label_column), max_length
+            )
             for m in models
         }
     result = run_bench(models, settings, accuracy)
@@ -355,7 +359,7 @@ def inspect(
 ) -> None:
     """Print the channel groups that can shrink together, and every part that cannot be pruned through."""
     path = model_file(model) if model else default_model_path()
-    analysis = analyze(load_model(path))
+    analysis = analyze(load_model(path, referenced=True))
     require_prunable(analysis)
     summary = {"model": str(path), **summarize(analysis)}
     if as_json:

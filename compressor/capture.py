@@ -13,8 +13,10 @@ readers (wanda) sees all of them.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,7 +25,11 @@ import onnxruntime as ort
 from compressor.calibration import Calibration
 from compressor.statistics import Moments
 from graph_passes import GraphAnalysis, UnsupportedGraphError
+from graph_passes.external_data import model_bytes
 from graph_passes.sessions import cpu_session
+
+RUN_BYTES = 2**30  # what one run may return to capture
+MOMENTS_BYTES = 2**30  # moments one pass may hold, at least (`capture_passes`)
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,8 @@ class SquareSums:
 @dataclass
 class CapturedStats:
     plan: CapturePlan
-    layers: list[Moments]  # U_l, tokens
-    hidden: list[Moments] | None  # h_l against U_l (partner), tokens; None when not gathered (`capture`'s stream)
+    layers: Sequence[Moments]  # U_l, tokens (a list, or `StoredMoments`)
+    hidden: Sequence[Moments]  # h_l against U_l (partner), tokens
     top_hidden: Moments | None  # hidden as the head reads it, against T; None for an encoder without a head
     top_kind: str  # T: "label", "prediction" or "output"
     readers: dict[str, SquareSums]  # per name in plan.reader_inputs
@@ -143,9 +149,18 @@ def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
 
 
 def capture_names(plan: CapturePlan) -> list[str]:
-    """The tensors capture reads, in the order `capture` asks for them."""
-    names = [n for t in plan.layers for use in t.applications for n in use]
-    return names + [plan.output] + ([plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
+    """The tensors capture reads (the output only when a head's input is summarised against it: a decoder's logits
+    are the largest tensor of a run, and capture does not read them)."""
+    return _names(plan, plan.layers, last=True)
+
+
+def _names(plan: CapturePlan, taps: list[LayerTaps], last: bool) -> list[str]:
+    """What a pass over the layers `taps` reads, in the order it asks for them; the `last` pass also the head's
+    input and the output, and the inputs of the stream's other readers."""
+    names = [n for t in taps for use in t.applications for n in use]
+    if not last:
+        return names
+    return names + ([plan.output, plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
@@ -187,33 +202,64 @@ def capture(
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
     session: ort.InferenceSession | None = None,
-    stream: bool = True,
+    stream_cross: bool = True,
+    folder: Path | None = None,
 ) -> CapturedStats:
     """Run the model over the chosen samples and accumulate every moment the scorers need; `session`: one of
     `analysis.model` that exposes `capture_names` (the pipeline's, shared with later stages), else one is made.
-    `stream`: also the hidden stream against each layer's units (`CapturedStats.hidden`), which only scoring the
-    stream and wanda's input norms read (a third of the moment arithmetic of capture on minilm-sst2)."""
+    `stream_cross`: also the products of the hidden stream with each layer's units, which only scoring the hidden
+    stream reads (TinyLlama's shape: 1.4 GB in float32, and more arithmetic than a forward pass's attention).
+
+    Each run takes at most `batch_size` samples, and fewer when the tensors it returns would pass `RUN_BYTES`. When
+    the layers' moments would pass what one pass holds (`capture_passes`), the samples are run once per group of
+    layers, the same runs each time, and each group's moments go to files in a temporary folder in `folder` (the
+    system's without it), read back one layer at a time (`StoredMoments`): the moments are those of one pass."""
     plan = plan_capture(analysis)
     _require_tapped(plan)
     names = capture_names(plan)
     session = session or capture_session(analysis.model, names)
-    sizes = [t.size for t in plan.layers]
-    layers = [Moments(d, precision=np.float32) for d in sizes]  # the largest state: float32 (`statistics`)
+    runs = run_size(analysis, names, calibration.max_length, batch_size)
+    passes = capture_passes(analysis, stream_cross)
+    layers, hidden = (StoredMoments(folder) for _ in range(2)) if len(passes) > 1 else ([], [])
+    for number, positions in enumerate(passes):
+        taps = [plan.layers[p] for p in positions]
+        last = number + 1 == len(passes)
+        found = _pass(analysis, taps, last, calibration, indices, session, runs, progress, stream_cross)
+        layers.extend(found.layers)
+        hidden.extend(found.hidden)
+    return replace(found, layers=layers, hidden=hidden)
+
+
+def _pass(
+    analysis: GraphAnalysis,
+    taps: list[LayerTaps],
+    last: bool,
+    calibration: Calibration,
+    indices: Sequence[int],
+    session: ort.InferenceSession,
+    runs: int,
+    progress: Callable[[int], None] | None,
+    stream_cross: bool,
+) -> CapturedStats:
+    """One pass over the samples, `runs` at a time: the moments of the layers `taps`, and on the `last` pass the
+    head's and the stream readers'."""
+    plan = plan_capture(analysis)
+    names = _names(plan, taps, last)
+    layers = [Moments(t.size, precision=np.float32) for t in taps]  # the largest state: float32 (`statistics`)
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
-    hidden = [Moments(hidden_size, d, precision=np.float32) for d in sizes] if stream else None
+    hidden = [Moments(hidden_size, t.size if stream_cross else 0, precision=np.float32) for t in taps]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
-    top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden else None
-    readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs}
+    top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden and last else None
+    readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs if last}
     done = 0
-    for feeds in calibration.batches(indices, batch_size):
+    for feeds in calibration.batches(indices, runs):
         outputs = dict(zip(names, session.run(names, feeds)))
         mask, count = token_mask(feeds), batch_length(feeds)
-        for index, (taps, moments) in enumerate(zip(plan.layers, layers)):
-            for heads, ffn, stream_tensor in taps.applications:
+        for layer, moments, stream in zip(taps, layers, hidden):
+            for heads, ffn, stream_tensor in layer.applications:
                 units = np.concatenate([token_rows(outputs[heads], mask), token_rows(outputs[ffn], mask)], axis=1)
                 moments.add(units)
-                if hidden is not None:
-                    hidden[index].add(token_rows(outputs[stream_tensor], mask), units)
+                stream.add(token_rows(outputs[stream_tensor], mask), units)
         for name, sums in readers.items():
             sums.add(token_rows(outputs[name], mask))
         if top_hidden is not None:
@@ -223,6 +269,69 @@ def capture(
         if progress:
             progress(count)
     return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output", readers)
+
+
+def capture_passes(analysis: GraphAnalysis, stream_cross: bool = True) -> list[list[int]]:
+    """The layers (positions in `plan_capture(analysis).layers`) that each pass of capture accumulates: all of them
+    in one pass when their moments fit in `MOMENTS_BYTES` or a quarter of the weights' bytes, whichever is more;
+    else consecutive layers, as many as fit, at least one a pass (TinyLlama's shape: 5.6 GB of moments, 1.1 GB a
+    pass, six passes; BERT-base's 0.85 GB: one)."""
+    plan = plan_capture(analysis)
+    if not plan.layers:
+        return [[]]
+    budget = max(MOMENTS_BYTES, model_bytes(analysis.model) // 4)
+    hidden = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
+    passes: list[list[int]] = [[]]
+    held = 0
+    for position, taps in enumerate(plan.layers):
+        size = 4 * (taps.size**2 + hidden * (hidden + (taps.size if stream_cross else 0)))  # float32 products
+        if passes[-1] and held + size > budget:
+            passes.append([])
+            held = 0
+        passes[-1].append(position)
+        held += size
+    return passes
+
+
+class StoredMoments(Sequence[Moments]):
+    """Moments kept in files in a temporary folder, removed with this object (also on error and at exit), and read
+    back one at a time: scoring holds one layer's, however many layers there are."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="mi-compressor-moments-", dir=folder)
+        self._count = 0
+
+    def _path(self, index: int) -> Path:
+        return Path(self._folder.name) / f"{index}.npz"
+
+    def extend(self, found: Sequence[Moments]) -> None:
+        for moments in found:
+            values = {f.name: getattr(moments, f.name) for f in fields(moments)}
+            np.savez(self._path(self._count), **{**values, "precision": np.dtype(moments.precision).name})
+            self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> Moments:
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        with np.load(self._path(index % self._count)) as stored:
+            values = {name: stored[name] for name in stored.files}
+        init = {f.name: values[f.name].item() for f in fields(Moments) if f.init}
+        moments = Moments(**{**init, "precision": np.dtype(init["precision"]).type})
+        for field_ in fields(Moments):
+            if not field_.init:
+                setattr(moments, field_.name, values[field_.name])
+        return moments
+
+
+def run_size(analysis: GraphAnalysis, names: Sequence[str], tokens: int, batch_size: int) -> int:
+    """Samples per run: `batch_size`, or fewer when the tensors `names` of that many samples of `tokens` tokens
+    would pass `RUN_BYTES` (each counted as one row of its last axis per token). A TinyLlama-shaped model returns
+    0.86 MB of them per token: 7 GB for 32 samples of 256 tokens."""
+    per_token = sum(analysis.values[name].shape[-1] * analysis.values[name].dtype.itemsize for name in names)
+    return max(1, min(batch_size, RUN_BYTES // max(per_token * tokens, 1)))
 
 
 def _top_signal_shape(analysis: GraphAnalysis, plan: CapturePlan, calibration: Calibration) -> tuple[int, str]:

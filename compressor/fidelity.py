@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from compressor.calibration import Calibration
-from compressor.capture import token_mask
+from compressor.capture import RUN_BYTES, token_mask
 from compressor.decoder import fit_empty_caches
 from graph_passes.sessions import cpu_session
 
@@ -43,7 +43,8 @@ def compare(
     sentence-embedding models mean-pool) the mean cosine of the mean-pooled sentence embeddings."""
     cosines, agree, embedded = [], [], []
     first = [original.get_outputs()[0].name]  # the original's session may expose inner tensors as well
-    for feeds in calibration.batches(calibration.by_length(indices), batch_size):
+    runs = run_size(original, calibration.max_length, batch_size)
+    for feeds in calibration.batches(calibration.by_length(indices), runs):
         a, b = original.run(first, feeds)[0], compressed.run(None, feeds)[0]
         if a.ndim == 3:
             tokens, sentences = _per_token_cosines(a, b, _positions(feeds, a))
@@ -61,6 +62,14 @@ def compare(
     if embedded:
         found["embedding_cosine"] = float(np.concatenate(embedded).mean())
     return found
+
+
+def run_size(original: ort.InferenceSession, tokens: int, batch_size: int) -> int:
+    """Samples per run: `batch_size`, or fewer when both models' first outputs for that many samples of `tokens`
+    tokens would pass `RUN_BYTES` (a decoder's logits: 32 samples of 256 tokens over 32,000 words are 1 GB each)."""
+    width = original.get_outputs()[0].shape[-1]
+    per_sample = 2 * 4 * tokens * (width if isinstance(width, int) else 1)
+    return max(1, min(batch_size, RUN_BYTES // per_sample))
 
 
 def _per_token_cosines(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,14 +6,29 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 
 from compressor import genai_folder, model_config
 from compressor.paths import CompressPaths
-from graph_passes.model_io import external_data_files
+from graph_passes.external_data import has_external_data
+from graph_passes.model_io import external_data_files, save_with_data
 from graph_passes.sessions import fits_one_protobuf
+
+
+@contextmanager
+def workspace_beside(path: Path) -> Iterator[Path]:
+    """A temporary folder beside the output `path` (in its nearest existing ancestor while its own folder is not
+    made yet), for the weights a run writes on the way: on the output's file system, and removed however the block
+    is left (an error, Ctrl-C)."""
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.work-", dir=folder) as work:
+        yield Path(work)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -39,7 +54,7 @@ def write_model(model: onnx.ModelProto, paths: CompressPaths, source: Path | Non
     if report is not None:
         companions = [(destination, _updated(destination, data, model, report)) for destination, data in companions]
     inputs_data = [] if source is None else external_data_files(onnx.load(str(source), load_external_data=False))
-    if inputs_data or not fits_one_protobuf(model):
+    if inputs_data or has_external_data(model) or not fits_one_protobuf(model):
         _write_with_external_data(model, paths.model_file, paths.data_file)
     else:
         write_atomic(paths.model_file, model.SerializeToString())
@@ -56,12 +71,12 @@ def _updated(destination: Path, data: bytes, model: onnx.ModelProto, report: dic
 
 
 def _write_with_external_data(model: onnx.ModelProto, model_file: Path, data_file: Path) -> None:
-    """The model file and its data file, both written in a temporary folder beside them, then moved (data first)."""
+    """The model file and its data file, both written in a temporary folder beside them, then moved (data first):
+    the weights are copied from the files the model refers to, never read into memory whole."""
     model_file.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{model_file.name}.", dir=model_file.parent))
     try:
-        onnx.save(model, str(staging / model_file.name), save_as_external_data=True, location=data_file.name)
-        onnx.load_external_data_for_model(model, str(staging))  # onnx.save moved the weights out of `model`
+        save_with_data(model, staging / model_file.name, data_file.name)
         os.replace(staging / data_file.name, data_file)
         os.replace(staging / model_file.name, model_file)
     finally:

@@ -16,7 +16,7 @@ import onnx
 
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
-from compressor.capture import capture, capture_names, plan_capture
+from compressor.capture import capture, capture_names, capture_passes, plan_capture
 from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
@@ -31,6 +31,7 @@ from compressor.quantization import (
     quantize as quantized,
 )
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
+from graph_passes.external_data import DataFile, materialize_in_place, model_bytes
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.quantized_weights import float_view
 from graph_passes.sessions import check_model
@@ -38,6 +39,7 @@ from user_errors import first_line
 
 DEFAULT_GRANULARITY = ("heads", "ffn")
 HOLDOUT_MAX = 128
+SLICED_DATA = "sliced.onnx.data"  # in the workspace
 
 
 @dataclass
@@ -85,6 +87,7 @@ def compress(
     optimize: bool = False,
     quantize: str | None = None,
     quiet: bool = True,
+    workspace: str | Path | None = None,
 ) -> CompressionResult:
     """Prune `model` to keep `keep` of its encoder's prunable weights; return the model and its report.
 
@@ -101,7 +104,11 @@ def compress(
     `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel), `quantize="int4"` to MatMulNBits
     (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
     draws the calibration rows from a file that has more than `samples` (and the synthetic fallback's), splits off
-    the held-out samples and seeds `method="random"`.
+    the held-out samples and seeds `method="random"`. `workspace`: a folder that receives the sliced weights of a
+    model whose weights lie in external data files, so that they are not held in memory (the returned model then
+    refers to them there, and to the input's files for the weights left whole; the command line writes it, then
+    removes the folder), and capture's moments when they are too many for one pass (`capture.capture_passes`).
+    Without it the returned model holds all its weights.
     """
     reporter = Reporter(quiet)
     timer = Timer()
@@ -120,7 +127,7 @@ def compress(
         raise CompressorError(f"unknown --quantize {quantize!r}; choose from {', '.join(QUANTIZE_TYPES)}")
     check_counts(samples=samples, batch_size=batch_size, max_length=max_length, seed=seed)
     path = None if isinstance(model, onnx.ModelProto) else model_file(Path(model))
-    source = model if path is None else load_model(path)
+    source = model if path is None else load_model(path, referenced=True)
     refuse_quantized(source)
     quantized_source, source = source, float_view(source)  # an int4 input is scored and refit in float
     int4_input = quantized_source is not source
@@ -156,21 +163,23 @@ def compress(
     start = timer.stage("flops", start)
     stats = None
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
-    original = fidelity.session(source, exposed)  # one session of the original for every stage
     if method in ("mi", "wanda"):
-        with reporter.stage("capturing activations", len(scored)) as advance:
-            stream = method == "wanda" or "hidden" in granularity  # what reads the stream's moments
-            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, original, stream)
+        cross = "hidden" in granularity
+        with reporter.stage("capturing activations", len(scored) * len(capture_passes(analysis, cross))) as advance:
+            session = fidelity.session(source, exposed)  # released before scoring, whose float64 products need room
+            stats = capture(analysis, data, data.by_length(scored), batch_size, advance, session, cross, workspace)
+            del session
     start = timer.stage("capture", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)
     signal = stats.top_kind if stats else None
     del stats  # a layer's moments are (units x units): released once the masks are chosen
     start = timer.stage("scoring", start)
-    pruned = apply_masks(analysis, masks)
+    pruned = apply_masks(analysis, masks, data=DataFile(Path(workspace) / SLICED_DATA) if workspace else None)
     start = timer.stage("prune", start)
     flops_after = flops_per_token(pruned, data, held_out)[0]  # before fusion hides the attention products
     start = timer.stage("flops", start)
+    original = fidelity.session(source, exposed)  # one session of the original for recovery and fidelity
     recovered = None
     if recover:
         sliced = pruned
@@ -191,6 +200,8 @@ def compress(
             original, fidelity.session(sliced), data, held_out, batch_size
         )
     start = timer.stage("fidelity", start)
+    if workspace is None or optimize or quantize or int4_input:
+        materialize_in_place(pruned)  # ONNX Runtime's fusion and quantizers read the weights from the protobuf
     optimized = None
     if optimize:
         pruned, optimized = optimization.optimize(pruned, data, batch_size)
@@ -215,9 +226,9 @@ def compress(
     report["recovery"] = None if recovered is None else {"inputs": refit_inputs, **recovered.summary()}
     report["optimization"] = optimized
     report["quantization"] = quantization
-    report["file_bytes"]["after"] = pruned.ByteSize()
+    report["file_bytes"]["after"] = model_bytes(pruned)
     if int4_input:  # not its float view's
-        report["file_bytes"]["before"] = quantized_source.ByteSize()
+        report["file_bytes"]["before"] = model_bytes(quantized_source)
     report["peak_rss_gb"] = {"total": peak_rss_gb(), "after_stage": timer.peak_rss_gb}
     return CompressionResult(pruned, report, masks)
 
@@ -368,7 +379,7 @@ def build_report(
         "groups": [_group_entry(g, masks.get(g.name)) for g in analysis.groups if g.kind in budget.GRANULARITIES],
         "encoder_weights": {"before": before, "after": after},
         "parameters": {"before": _parameters(analysis.model), "after": _parameters(pruned)},
-        "file_bytes": {"before": analysis.model.ByteSize(), "after": pruned.ByteSize()},
+        "file_bytes": {"before": model_bytes(analysis.model), "after": model_bytes(pruned)},
         "fidelity": fidelity_report,
         "seconds": timer.seconds,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,14 @@ from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from graph_passes.errors import NotOnnxError, UnsupportedGraphError
+from graph_passes.external_data import DataFile, reference_in_place, relative_to, stays_inline, tensor_array
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file and its external data, raising NotOnnxError with the fix when it is not one.
+def load_model(path: str | Path, referenced: bool = False) -> onnx.ModelProto:
+    """Read an ONNX file and its external data, raising NotOnnxError with the fix when it is not one. With
+    `referenced`, weights in external data stay there: the model refers to them (`graph_passes.external_data`, which
+    reads them when used), so that they are never held in memory whole; such a model is written with
+    `save_with_data`.
 
     External data must lie in the model's folder (or below it): a reference that leaves it is refused before any
     file is opened."""
@@ -33,9 +38,23 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise NotOnnxError(f"{path}: a damaged ONNX file (a name is not UTF-8 text); export it again") from exc
     for location in external_data_files(model):
         _check_inside(path, location)
-    if external_data_files(model):
+    if referenced:
+        reference_in_place(model, path.parent)
+    elif external_data_files(model):
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def save_with_data(model: onnx.ModelProto, path: Path, data_name: str) -> None:
+    """Write `model` to `path` with every large tensor in the file `data_name` beside it, at aligned offsets: copied
+    a chunk at a time from the data files it refers to, or written from memory. `model` is not changed."""
+    data = DataFile(path.parent / data_name)
+    tensors = [t if stays_inline(t) else data.store_tensor(t) for t in model.graph.initializer]
+    written = onnx.ModelProto()
+    copy_fields(model, written, skip="graph")
+    copy_fields(model.graph, written.graph, skip="initializer")
+    written.graph.initializer.extend(relative_to(tensors, path.parent))
+    path.write_bytes(written.SerializeToString())
 
 
 def _decode_text(message) -> None:
@@ -181,14 +200,19 @@ def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def share_equal_initializers(model: onnx.ModelProto, max_rank: int | None = None) -> None:
     """Let equal initializers (same type, shape and bytes) be one tensor again, in place; with `max_rank`, only
-    those of at most that rank (what `normalize` unshares), so that every matrix keeps its name."""
+    those of at most that rank (what `normalize` unshares), so that every matrix keeps its name. Only tensors that
+    share their type and shape with another are read (weights in files one at a time)."""
     graph_io = {v.name for v in list(model.graph.input) + list(model.graph.output)} | subgraph_inputs(model.graph)
+    candidates = [
+        t for t in model.graph.initializer if t.name not in graph_io and (max_rank is None or len(t.dims) <= max_rank)
+    ]
+    shapes = Counter((t.data_type, tuple(t.dims)) for t in candidates)
     first: dict[tuple, str] = {}
     rename: dict[str, str] = {}
-    for tensor in model.graph.initializer:
-        if tensor.name in graph_io or (max_rank is not None and len(tensor.dims) > max_rank):
+    for tensor in candidates:
+        if shapes[(tensor.data_type, tuple(tensor.dims))] < 2:
             continue
-        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(numpy_helper.to_array(tensor).tobytes()).digest())
+        key = (tensor.data_type, tuple(tensor.dims), _digest(tensor_array(tensor)))
         if key in first:
             rename[tensor.name] = first[key]
         else:
@@ -200,6 +224,11 @@ def share_equal_initializers(model: onnx.ModelProto, max_rank: int | None = None
     kept = [t for t in model.graph.initializer if t.name not in rename]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+
+
+def _digest(array: np.ndarray) -> bytes:
+    """A hash of the array's bytes, read in place (a memory-mapped weight is not copied)."""
+    return hashlib.sha256(array.tobytes() if array.dtype == object else np.ascontiguousarray(array).data).digest()
 
 
 def copy_fields(source: Message, target: Message, skip: str) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from graph_passes.errors import UnsupportedGraphError
+from graph_passes.external_data import tensor_array
 
 
 def nbits_node(model: onnx.ModelProto, weight: str) -> onnx.NodeProto | None:
@@ -47,7 +48,7 @@ def float_view(model: onnx.ModelProto) -> onnx.ModelProto:
     if not chosen:
         return model
     view = onnx.ModelProto.FromString(model.SerializeToString())
-    values = {t.name: onnx.numpy_helper.to_array(t) for t in view.graph.initializer}
+    values = {t.name: tensor_array(t) for t in view.graph.initializer}
     weights, dropped, nodes = {}, set(), []
     for index, node in enumerate(view.graph.node):
         if index not in chosen:

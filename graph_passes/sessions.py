@@ -1,35 +1,42 @@
 """ONNX Runtime sessions over a model held in memory, at any size, with chosen inner tensors exposed as outputs.
 
-A small model is handed to ONNX Runtime serialized. A model over `SERIALIZED_LIMIT` is opened from files instead:
-ONNX Runtime holds about twice the bytes of a serialized model while it builds the session (the bytes, and the graph
-parsed from them), and protobuf cannot serialize past 2 GB at all. `model_files` writes the graph (without its
-weights, so the model is neither changed nor copied) and one data file that every large tensor is appended to at a
-page-aligned offset, which ONNX Runtime maps instead of reading. Sessions opened from files run without the CPU
-memory arena, which would otherwise keep the largest batch's activations for the session's lifetime. The temporary
-folder is removed once the session is built, also on error and Ctrl-C.
+A small model held in memory is handed to ONNX Runtime serialized. A model over `SERIALIZED_LIMIT`, or one whose
+weights stay in files (`graph_passes.external_data`), is handed over as its graph alone: every large tensor an
+external reference, spelled relative to one folder that holds all the files, which ONNX Runtime is told
+(`EXTERNAL_FOLDER`). The model's own data files are read where they lie, memory-mapped by ONNX Runtime, never copied;
+only large tensors held in memory (refit weights) are written, to a data file in a temporary folder that is removed
+once the session is built, also on error and Ctrl-C. ONNX Runtime holds about twice the bytes of a serialized model
+while it builds the session, and protobuf cannot serialize past 2 GB at all. Such sessions run without the CPU
+memory arena, which would otherwise keep the largest batch's activations for the session's lifetime. Prepacking
+stays on: ONNX Runtime unmaps a weight once it has packed it (measured: 0.5 GB of MatMul weights, 0.5 GB resident
+either way), and without it MLAS computes in another order (minilm-sst2's fidelity moved in the sixth digit).
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
+from graph_passes.external_data import (
+    DataFile,
+    common_folder,
+    has_external_data,
+    is_external,
+    relative_to,
+    stays_inline,
+)
 from graph_passes.model_io import copy_fields
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # larger than this (with headroom) cannot be one serialized protobuf
-SERIALIZED_LIMIT = 2**26  # larger models are opened from files (64 MiB)
-EXTERNAL_THRESHOLD = 1024  # tensors of at least this many bytes go to the data file, as onnx.save does
-ALIGNMENT = 2**16  # data offsets are multiples of this (a page on every platform), so ONNX Runtime can map them
+SERIALIZED_LIMIT = 2**26  # larger models are handed over as a graph with external data (64 MiB)
 DATA_FILE = "model.onnx.data"
+EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 CPU = ["CPUExecutionProvider"]
 
 
@@ -47,27 +54,37 @@ def cpu_session(
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-    if model.ByteSize() <= SERIALIZED_LIMIT:
+    if model.ByteSize() <= SERIALIZED_LIMIT and not has_external_data(model):
         return session_class(_with_outputs(model, outputs).SerializeToString(), options, providers=CPU)
     options.enable_cpu_mem_arena = False
-    with model_files(model, outputs) as path:
-        return session_class(str(path), options, providers=CPU)
+    with referenced(model, outputs) as (graph, folder):
+        options.add_session_config_entry(EXTERNAL_FOLDER, str(folder))
+        return session_class(graph.SerializeToString(), options, providers=CPU)
 
 
 @contextmanager
-def model_files(model: onnx.ModelProto, outputs: Sequence[str] = ()) -> Iterator[Path]:
-    """`model` (with `outputs` exposed) as a temporary `model.onnx` whose large tensors lie in `DATA_FILE` beside
-    it; the folder is removed on leaving the block, however it is left."""
-    folder = Path(tempfile.mkdtemp(prefix="mi-compressor-session-"))
+def referenced(model: onnx.ModelProto, outputs: Sequence[str] = ()) -> Iterator[tuple[onnx.ModelProto, Path]]:
+    """`model` (with `outputs` exposed) whose large tensors are all external references, relative to the folder
+    given with it. External tensors keep their files; large tensors held in memory are written to `DATA_FILE` in a
+    temporary folder, removed on leaving the block, however it is left."""
+    folder = None
     try:
-        skeleton = _with_outputs(model, outputs, initializers=False)
-        with open(folder / DATA_FILE, "wb") as data:
-            skeleton.graph.initializer.extend(_stored(tensor, data) for tensor in model.graph.initializer)
-        path = folder / "model.onnx"
-        path.write_bytes(skeleton.SerializeToString())
-        yield path
+        tensors = []
+        for tensor in model.graph.initializer:
+            if is_external(tensor) or stays_inline(tensor):
+                tensors.append(tensor)
+                continue
+            if folder is None:
+                folder = Path(tempfile.mkdtemp(prefix="mi-compressor-session-"))
+                data = DataFile(folder / DATA_FILE)
+            tensors.append(data.store_tensor(tensor))
+        root = common_folder(tensors)
+        graph = _with_outputs(model, outputs, initializers=False)
+        graph.graph.initializer.extend(relative_to(tensors, root))
+        yield graph, root
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str], initializers: bool = True) -> onnx.ModelProto:
@@ -84,37 +101,14 @@ def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str], initializers: 
     return copy
 
 
-def _stored(tensor: onnx.TensorProto, data: BinaryIO) -> onnx.TensorProto:
-    """A large tensor's bytes appended to `data` at an aligned offset, and the reference to them; a small tensor (or
-    one of strings, or one already external) as it is."""
-    stored = onnx.TensorProto()
-    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
-        stored.CopyFrom(tensor)
-        return stored
-    raw = tensor.raw_data if tensor.HasField("raw_data") else None
-    if raw is None and math.prod(tensor.dims) * 4 >= EXTERNAL_THRESHOLD:
-        raw = numpy_helper.to_array(tensor).tobytes()
-    if raw is None or len(raw) < EXTERNAL_THRESHOLD:
-        stored.CopyFrom(tensor)
-        return stored
-    offset = -data.tell() % ALIGNMENT + data.tell()
-    data.seek(offset)
-    data.write(raw)
-    stored.name, stored.data_type, stored.data_location = tensor.name, tensor.data_type, onnx.TensorProto.EXTERNAL
-    stored.dims.extend(tensor.dims)
-    for key, value in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
-        stored.external_data.add(key=key, value=value)
-    return stored
-
-
 # Operators ONNX Runtime registers in the default ONNX domain although ONNX has no such schema (its own fusions and
 # the GenAI model builder emit them there): onnx.checker would refuse them, so it checks them as contrib operators.
 ORT_DEFAULT_DOMAIN_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker at any size (a model over the protobuf limit is checked from a temporary file), accepting the
-    operators ONNX Runtime adds to the ONNX domain (`ORT_DEFAULT_DOMAIN_OPS`)."""
+    """onnx.checker at any size (a model with its weights in files, or over the protobuf limit, is checked without
+    them: `_declared`), accepting the operators ONNX Runtime adds to the ONNX domain (`ORT_DEFAULT_DOMAIN_OPS`)."""
     moved = [n for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type in ORT_DEFAULT_DOMAIN_OPS]
     for node in moved:
         node.domain = "com.microsoft"
@@ -126,8 +120,21 @@ def check_model(model: onnx.ModelProto) -> None:
 
 
 def _check(model: onnx.ModelProto) -> None:
-    if fits_one_protobuf(model):
+    if fits_one_protobuf(model) and not has_external_data(model):
         onnx.checker.check_model(model)
-        return
-    with model_files(model) as path:
-        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(_declared(model))
+
+
+def _declared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose large tensors (those in files, and those that a file would hold) are declared as graph inputs of
+    their type and shape instead: the graph onnx.checker reads is the same, small enough for one protobuf, and it
+    does not look for data files relative to the working folder (ONNX Runtime reads them when it opens a session)."""
+    graph = _with_outputs(model, (), initializers=False)
+    inputs = {value.name for value in graph.graph.input}
+    for tensor in model.graph.initializer:
+        if stays_inline(tensor):
+            graph.graph.initializer.append(tensor)
+        elif tensor.name not in inputs:
+            graph.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return graph

@@ -16,9 +16,9 @@ from collections.abc import Iterator, MutableMapping
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from graph_passes.errors import UnsupportedGraphError
+from graph_passes.external_data import tensor_array
 from graph_passes.sessions import cpu_session
 
 # Distinct sizes for dynamic axes, chosen to be unlikely to coincide with channel sizes.
@@ -152,18 +152,18 @@ CACHED_BYTES = 1 << 16
 
 class ProbedValues(MutableMapping):
     """Tensor values by name: the probe's feeds and node outputs as arrays, the model's initializers read from its
-    protobuf on lookup.
+    protobuf, or mapped from their data file, on lookup (`external_data.tensor_array`).
 
     Holding a numpy copy of every weight doubled the memory of a model for the whole run, while callers read few
-    weights, and most of them once. A large initializer is converted on each lookup (a fresh array, as before a copy
-    of the protobuf's bytes, never written back), so the model must not change while the values are used."""
+    weights, and most of them once. A large initializer is read on each lookup (a fresh array, or a read-only memory
+    map of the file, never written back), so the model must not change while the values are used."""
 
     def __init__(self, initializers: list[onnx.TensorProto], arrays: dict[str, np.ndarray]) -> None:
         self._tensors: dict[str, onnx.TensorProto] = {}
         self._arrays: dict[str, np.ndarray] = {}
         for tensor in initializers:
             if _byte_size(tensor) <= CACHED_BYTES:
-                self._arrays[tensor.name] = numpy_helper.to_array(tensor)
+                self._arrays[tensor.name] = np.array(tensor_array(tensor))
             else:
                 self._tensors[tensor.name] = tensor
         for name, value in arrays.items():
@@ -172,7 +172,7 @@ class ProbedValues(MutableMapping):
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._arrays:
             return self._arrays[name]
-        return numpy_helper.to_array(self._tensors[name])
+        return tensor_array(self._tensors[name])
 
     def __setitem__(self, name: str, value: np.ndarray) -> None:
         self._tensors.pop(name, None)

@@ -10,22 +10,28 @@ from onnx import numpy_helper
 
 from graph_passes.channel_groups import WITHIN, ChannelGroup, GraphAnalysis
 from graph_passes.errors import MaskError, UnsupportedGraphError
+from graph_passes.external_data import DataFile, is_external, tensor_array
 from graph_passes.model_io import share_equal_initializers, subgraph_inputs
 
 
 def apply_masks(
-    analysis: GraphAnalysis, masks: Mapping[str, np.ndarray], allow_interface_change: bool = False
+    analysis: GraphAnalysis,
+    masks: Mapping[str, np.ndarray],
+    allow_interface_change: bool = False,
+    data: DataFile | None = None,
 ) -> onnx.ModelProto:
     """Return a smaller dense model in which each named group keeps only the units its mask keeps.
 
     `masks` maps a group name (`heads[0]`, `ffn[3]`, `hidden`) to a boolean array with one entry per unit.
     Groups that reach a graph input or output change the model's interface and need `allow_interface_change`.
+    With `data`, a sliced tensor whose original lies in a file is written there (and referred to), not held in
+    memory; the tensors left whole are referred to where they are.
     """
     plan = _index_plan(analysis, masks, allow_interface_change)
     model = onnx.ModelProto()
     model.CopyFrom(analysis.model)
     if plan:
-        _slice_initializers(model, analysis, plan)
+        _slice_initializers(model, analysis, plan, data)
         _rewrite_divisors(model, analysis, plan)  # by node index: before any pass inserts nodes
         _rewrite_shape_targets(model, analysis, plan)
         _rewrite_head_counts(model, analysis, plan)
@@ -118,15 +124,22 @@ def _axis_plan(analysis: GraphAnalysis, plan: dict[int, np.ndarray], tensor: str
     return found
 
 
-def _slice_initializers(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
+def _slice_initializers(
+    model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray], data: DataFile | None
+) -> None:
     for index, tensor in enumerate(model.graph.initializer):
         cuts = _axis_plan(analysis, plan, tensor.name, len(tensor.dims))
         if not cuts:
             continue
-        array = numpy_helper.to_array(tensor)
+        array = tensor_array(tensor)
         for axis, kept in cuts.items():
             array = np.take(array, kept, axis=axis)
-        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
+        sliced = (
+            data.store(tensor.name, array)
+            if data is not None and is_external(tensor)
+            else numpy_helper.from_array(np.ascontiguousarray(array), tensor.name)
+        )
+        model.graph.initializer[index].CopyFrom(sliced)
 
 
 def _rewrite_shape_targets(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:
@@ -328,7 +341,7 @@ def _slice_quantized_blocks(model: onnx.ModelProto, analysis: GraphAnalysis, pla
             if not name:
                 continue
             index = initializers[name]
-            array = numpy_helper.to_array(model.graph.initializer[index])
+            array = tensor_array(model.graph.initializer[index])
             if name == inputs[3] and array.dtype == np.uint8 and bits < 8:
                 array = _repacked(array, blocks, bits)
             else:

@@ -1,4 +1,5 @@
-"""Capture: the stream's moments are gathered only for what reads them, and leaving them out changes nothing else."""
+"""Capture: the stream's products with each layer's units are gathered only for what reads them (scoring the
+stream), and leaving them out changes nothing else."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def test_without_the_stream_the_layers_moments_and_mi_masks_are_the_same(export_
     _, path = export_cache("bert", "classifier", "optimum-opset17")
     analysis = analyze(load_model(path))
     data = from_arrays(tiny_models.sample_inputs("bert", 24, 9, seed=5), analysis.model, 24)
-    full, lean = (capture(analysis, data, list(range(24)), 8, stream=stream) for stream in (True, False))
-    assert lean.hidden is None and len(full.hidden) == len(full.layers)
+    full, lean = (capture(analysis, data, list(range(24)), 8, stream_cross=cross) for cross in (True, False))
+    assert len(full.hidden) == len(lean.hidden) == len(full.layers)
+    assert all(h.partner_dim == 0 for h in lean.hidden) and all(h.partner_dim > 0 for h in full.hidden)
     for one, other in zip(full.layers, lean.layers):
         assert np.array_equal(one.centred_gram, other.centred_gram) and np.array_equal(one.total, other.total)
     counts = budget.allocate(analysis, 0.5, ("heads", "ffn"))

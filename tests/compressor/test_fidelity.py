@@ -1,11 +1,16 @@
 """Fidelity of a per-token output: the sentence embedding is the mean over unpadded tokens only; computed a sentence
-at a time, with the same result as over the whole batch."""
+at a time, and large outputs a few samples a run, with the same result as over the whole batch."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from compressor import fidelity
+from bench.large_models import DecoderShape, build_decoder
+from bench.workload import feeds
+from compressor import fidelity, recovery
+from compressor.calibration import from_arrays
+from graph_passes import load_model
 from compressor.fidelity import _cosine, _mean_pooled, _per_token_cosines, _positions
 
 
@@ -33,3 +38,31 @@ def test_per_token_cosines_a_few_rows_at_a_time_equal_the_whole_batch_exactly(mo
         tokens, sentences = _per_token_cosines(a, b, mask)
         assert np.array_equal(tokens, _cosine(a[mask], b[mask]))
         assert np.array_equal(sentences, _cosine(_mean_pooled(a, mask), _mean_pooled(b, mask)))
+
+
+def test_large_outputs_are_compared_a_few_samples_a_run(tmp_path, monkeypatch):
+    """A decoder whose two models' logits for a batch would pass RUN_BYTES is run a few samples at a time, with the
+    same cosines as one batch."""
+    shape = DecoderShape(layers=1, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=60, positions=32)
+    model = load_model(build_decoder(shape, tmp_path / "model.onnx"))
+    mask = (np.arange(12) < np.array([12, 3, 7, 12, 5, 9, 12, 2])[:, None]).astype(np.int64)
+    data = from_arrays({"input_ids": feeds(model, 8, 12)["input_ids"], "attention_mask": mask}, model, 8)
+    original = fidelity.session(model)
+    other = fidelity.session(load_model(build_decoder(shape, tmp_path / "other" / "model.onnx", seed=1)))
+    whole = fidelity.compare(original, other, data, list(range(8)), batch_size=8)
+    monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * data.max_length * shape.vocab * 3)
+    assert fidelity.run_size(original, data.max_length, 8) == 3
+    assert fidelity.compare(original, other, data, list(range(8)), batch_size=8) == whole
+
+
+def test_recovery_output_error_runs_large_outputs_a_few_samples_at_a_time(tmp_path, monkeypatch):
+    shape = DecoderShape(layers=1, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=60, positions=32)
+    model = load_model(build_decoder(shape, tmp_path / "model.onnx"))
+    mask = (np.arange(12) < np.array([12, 3, 7, 12, 5, 9, 12, 2])[:, None]).astype(np.int64)
+    data = from_arrays({"input_ids": feeds(model, 8, 12)["input_ids"], "attention_mask": mask}, model, 8)
+    other = load_model(build_decoder(shape, tmp_path / "other" / "model.onnx", seed=1))
+    batches = recovery._batches(data, list(range(8)), 8)
+    original = fidelity.session(model)
+    whole = recovery._output_error(original, other, batches)
+    monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * data.max_length * shape.vocab * 3)
+    assert recovery._output_error(original, other, batches) == pytest.approx(whole, rel=1e-12)

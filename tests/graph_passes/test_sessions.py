@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from compressor import compress
-from graph_passes import load_model, sessions
+from graph_passes import external_data, load_model, sessions
 
 
 def _leftovers() -> set[str]:
@@ -61,18 +61,29 @@ def test_a_whole_compress_run_through_files_gives_the_same_model(tiny_folder, mo
 
 
 def test_the_temporary_folder_goes_also_when_the_session_fails(tiny_folder, monkeypatch, private_temp):
-    """A model opened from files whose session creation is interrupted (Ctrl-C while ONNX Runtime reads it) leaves no
-    folder behind; the data file held every large tensor at an aligned offset."""
+    """A model held in memory and handed to ONNX Runtime through files, whose session creation is interrupted (Ctrl-C
+    while ONNX Runtime reads it), leaves no folder behind; the data file held every large tensor at an aligned
+    offset, and the model itself is not changed."""
     monkeypatch.setattr(sessions, "SERIALIZED_LIMIT", 0)
     model = load_model(tiny_folder / "model.onnx")
-    with sessions.model_files(model) as path:
-        written = onnx.load(str(path), load_external_data=False)
-        offsets = [int(e.value) for t in written.graph.initializer for e in t.external_data if e.key == "offset"]
-        assert offsets and all(offset % sessions.ALIGNMENT == 0 for offset in offsets)
+    with sessions.referenced(model) as (graph, folder):
+        assert (folder / sessions.DATA_FILE).is_file() and folder.parent == private_temp
+        spans = [
+            (int(e.value), tensor)
+            for tensor in graph.graph.initializer
+            for e in tensor.external_data
+            if e.key == "offset"
+        ]
+        assert spans and all(offset % 64 == 0 for offset, _ in spans)
+        assert all(
+            offset % external_data.ALIGNMENT == 0
+            for offset, t in spans
+            if external_data.nbytes(t) >= external_data.ALIGNMENT
+        )
     assert not _leftovers()
 
-    def interrupted(path: str, *args, **kwargs):
-        assert Path(path).is_file()
+    def interrupted(graph: bytes, options, **kwargs):
+        assert (Path(options.get_session_config_entry(sessions.EXTERNAL_FOLDER)) / sessions.DATA_FILE).is_file()
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
