@@ -320,7 +320,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="mi-decoder-speed-") as folder:
             found["decoder_speed"] = decoder_speed_rows(Path(folder), runs=3, warmup=1)
             found["decoder_speed"]["genai"] = measure_genai(
-                Path(folder) / "hf", Path(folder), args.stories, prompts=2, new_tokens=32, runs=3
+                Path(folder) / "hf", Path(folder), args.stories, prompts=2, new_tokens=32, runs=10
             )
     if args.only in (None, "size"):
         found["size"] = size_rows(list(SHAPES))
