@@ -40,8 +40,8 @@ says why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from itertools import chain, groupby
 
 import numpy as np
@@ -95,10 +95,29 @@ class Projection:
     activations: tuple[str, ...]  # what the weight reads at each application: several when layers share it
     transposed: bool  # stored as (outputs, inputs): Gemm with transB
     rows: np.ndarray  # kept input indices
-    target: np.ndarray  # original [W; b] as (all inputs + 1, kept outputs), float32: y = [z, 1] @ target
-    has_bias: bool
+    bias: str | None  # the original bias added to its outputs (of its first application)
     columns: np.ndarray  # kept output indices
+    values: Mapping[str, np.ndarray] = field(repr=False, compare=False)  # the original's weights (`analysis.values`)
     skip: str | None = None  # why it is left as sliced
+
+    @property
+    def target(self) -> np.ndarray:
+        """The original [W; b] as (all inputs + 1, kept outputs), float32: y = [z, 1] @ target. Read from the
+        original's weights each time rather than held: recovery of a large model would otherwise hold a copy of every
+        projection's weights (3.9 GB of TinyLlama's 4.1) while it refits the first layer."""
+        matrix = self.values[self.weight]
+        matrix = (matrix.T if self.transposed else matrix)[:, self.columns]
+        bias = np.zeros(len(self.columns)) if self.bias is None else self.values[self.bias][self.columns]
+        return np.vstack([matrix, bias], dtype=np.float32)
+
+    @property
+    def inputs(self) -> int:
+        """All of the original projection's inputs, kept or not."""
+        return self.values[self.weight].shape[1 if self.transposed else 0]
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None
 
     def outputs(self, z: np.ndarray) -> np.ndarray:
         """What the original projection made of the original activations z, at the kept outputs."""
@@ -162,10 +181,8 @@ def _projection(
     analysis: GraphAnalysis, masks: dict[str, np.ndarray], weight: str, layer: int | None, kind: str
 ) -> Projection:
     linear = analysis.linear(weight)
-    matrix = analysis.values[weight].T if linear.in_axis == 1 else analysis.values[weight]
-    biases = [None if b is None else analysis.values[b] for b in linear_biases(analysis.model, weight)]
-    bias_row = np.zeros(matrix.shape[1]) if biases[0] is None else biases[0]
-    cols = kept_along(analysis, masks, weight, linear.out_axis)
+    names = linear_biases(analysis.model, weight)
+    biases = [None if b is None else analysis.values[b] for b in names]
     return Projection(
         layer=layer,
         kind=kind,
@@ -173,9 +190,9 @@ def _projection(
         activations=tuple(use.activation for use in analysis.uses(weight)),
         transposed=linear.in_axis == 1,
         rows=kept_along(analysis, masks, weight, linear.in_axis),
-        target=np.vstack([matrix, bias_row], dtype=np.float32)[:, cols],
-        has_bias=biases[0] is not None,
-        columns=cols,
+        bias=names[0],
+        columns=kept_along(analysis, masks, weight, linear.out_axis),
+        values=analysis.values,
         skip=_unequal_biases(biases),
     )
 
@@ -388,14 +405,14 @@ def _passes(found: list[Projection], budget: int) -> Iterator[list[Projection]]:
 def _moment_bytes(projection: Projection) -> int:
     """The float64 products of a projection's fit and held-out moments: x xᵀ and x yᵀ, twice."""
     inputs = len(projection.rows)
-    return 2 * 8 * inputs * (inputs + projection.target.shape[1])
+    return 2 * 8 * inputs * (inputs + len(projection.columns))
 
 
 def _layer_moments(
     original: ort.InferenceSession, mine: list[Projection], batches: list[Batch]
 ) -> list[tuple[Moments, Moments]]:
     """Fit and held-out moments of the projections `mine` (of one or more layers), from one pass of the original."""
-    moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in mine]
+    moments = [tuple(Moments(len(p.rows), len(p.columns)) for _ in range(2)) for p in mine]
     names = list(dict.fromkeys(name for p in mine for name in p.activations))
     for batch in batches:
         values = dict(zip(names, original.run(names, batch.feeds)))
@@ -473,7 +490,7 @@ def _compensated_moments(
             if len(names) == 1 and not any(map(_narrower_output, run)):  # readers of the stream: y = z W + b
                 yield from _mapped_moments(run, _runs(model, names, batches, pruned_state), batches, kept[names[0]])
                 continue
-            moments = [tuple(Moments(len(p.rows), p.target.shape[1]) for _ in range(2)) for p in run]
+            moments = [tuple(Moments(len(p.rows), len(p.columns)) for _ in range(2)) for p in run]
             for index, (batch, values) in enumerate(zip(batches, _runs(model, names, batches, pruned_state))):
                 activation, *stream = (token_rows(values[n], batch.tokens) for n in names)
                 for projection, (fit, check) in zip(run, moments):
@@ -494,17 +511,17 @@ def _mapped_moments(
     pruned model's `values`, against the original tensor z they read (`original`, per batch), once for all of them;
     each projection's own then follow from its weights (`Moments.mapped`), without computing its outputs."""
     name = run[0].activations[0]
-    fit, check = (Moments(len(run[0].rows), len(run[0].target) - 1, track_partner=True) for _ in range(2))
+    fit, check = (Moments(len(run[0].rows), run[0].inputs, track_partner=True) for _ in range(2))
     for index, (batch, found) in enumerate(zip(batches, values)):
         (check if batch.held_out else fit).add(token_rows(found[name], batch.tokens), original[index])
     for projection in run:
-        weights, bias = projection.target[:-1], projection.target[-1]
-        yield fit.mapped(weights, bias), check.mapped(weights, bias)
+        target = projection.target
+        yield fit.mapped(target[:-1], target[-1]), check.mapped(target[:-1], target[-1])
 
 
 def _narrower_output(projection: Projection) -> bool:
     """Whether the projection's kept outputs are fewer than its inputs (then they are kept rather than its input)."""
-    return projection.target.shape[1] < len(projection.target) - 1
+    return len(projection.columns) < projection.inputs
 
 
 def _original_target(projection: Projection, kept: dict[str, list[np.ndarray]], names: list[str], batch: int):
@@ -595,7 +612,7 @@ def _whole_model_moments(
     """x = what `model` computes at the kept inputs, y = the original projection's outputs, both models run from the
     graph inputs: for a reader of the stream past the last layer (a pooler), after every layer's refit."""
     runs = [session(truncated(m, [projection.activations[0]])) for m in (original, model)]
-    fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
+    fit, check = (Moments(len(projection.rows), len(projection.columns)) for _ in range(2))
     for batch in batches:
         before, after = (token_rows(run.run(None, batch.feeds)[0], batch.tokens) for run in runs)
         (check if batch.held_out else fit).add(after, projection.outputs(before))
@@ -696,7 +713,7 @@ def _moments(
 ) -> tuple[Moments, Moments]:
     """Moments of x (the pruned model's kept units) with partner y (the original projection's outputs), over the
     unpadded tokens of the fit and of the held-out batches."""
-    fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
+    fit, check = (Moments(len(projection.rows), len(projection.columns)) for _ in range(2))
     for batch, x, y in zip(batches, activations, targets):
         (check if batch.held_out else fit).add(token_rows(x, batch.tokens), y)
     return fit, check

@@ -25,7 +25,7 @@ def _whole_model_moments(analysis, pruned, projection, batches) -> tuple[Moments
     stream = recovery.residual_stream(analysis.model, analysis.linear(projection.weight).node_index)
     names = [projection.activations[0], stream]
     runs = [session(m, names) for m in (analysis.model, pruned)]
-    fit, check = (Moments(len(projection.rows), projection.target.shape[1]) for _ in range(2))
+    fit, check = (Moments(len(projection.rows), len(projection.columns)) for _ in range(2))
     for batch in batches:
         before, after = ([token_rows(v, batch.tokens) for v in run.run(names, batch.feeds)] for run in runs)
         target = projection.outputs(before[0]) + before[1][:, projection.columns] - after[1]
