@@ -175,11 +175,14 @@ def compress(
     signal = stats.top_kind if stats else None
     del stats  # a layer's moments are (units x units): released once the masks are chosen
     start = timer.stage("scoring", start)
-    pruned = apply_masks(analysis, masks, data=DataFile(Path(workspace) / SLICED_DATA) if workspace else None)
+    written = DataFile(Path(workspace) / SLICED_DATA) if workspace else None  # sliced and refit weights
+    pruned = apply_masks(analysis, masks, data=written)
     start = timer.stage("prune", start)
     flops_after = flops_per_token(pruned, data, held_out)[0]  # before fusion hides the attention products
     start = timer.stage("flops", start)
-    original = fidelity.session(source, exposed)  # one session of the original for recovery and fidelity
+    # refits on the original's activations read them from this session; the others run a layer at a time, and
+    # recovery opens the original only for its output error: held through their refits it is the weights once more
+    original = fidelity.session(source, exposed) if recover and refit_inputs == "original" else None
     recovered = None
     if recover:
         sliced = pruned
@@ -187,10 +190,11 @@ def compress(
         reselect = method == "mi" and not int4_input  # an int4 input's masks keep whole quantization blocks
         with reporter.stage("refitting projections", len(found)) as advance:
             recovered = recovery.recover(
-                analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs, original, reselect
+                analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs, original, reselect, written
             )
         pruned, masks = recovered.model, recovered.masks
         start = timer.stage("recovery", start)
+    original = original or fidelity.session(source, exposed)  # for fidelity
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
     fidelity_report = fidelity.compare(original, compressed_session, data, held_out, batch_size)

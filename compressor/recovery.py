@@ -47,13 +47,13 @@ from itertools import chain, groupby
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from compressor.calibration import Calibration
 from compressor.capture import plan_capture, token_mask, token_rows
 from compressor.fidelity import ROWS, run_size, session
 from compressor.scoring import refit_selection
 from compressor.statistics import Moments
+from graph_passes.external_data import DataFile, tensor_array
 from graph_passes import (
     ChannelGroup,
     GraphAnalysis,
@@ -254,6 +254,7 @@ def recover(
     inputs: str = "original",
     original: ort.InferenceSession | None = None,
     reselect: bool = False,
+    data: DataFile | None = None,
 ) -> Recovery:
     """Refit, in graph order, every projection that reads pruned units.
 
@@ -262,15 +263,18 @@ def recover(
     each covering one layer); "stream" also, with the original stream as target (`_compensated_moments`), and refits
     the projections that read the stream too. Each refit must lower its projection's held-out error; the whole must
     lower the held-out error of the model's output, or the sliced model is returned unchanged. `original`: a session
-    of `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made.
+    of `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made: with
+    "pruned" and "stream" inputs, which run the models a layer at a time, only for the output error once the refits
+    are done (held through them, it would be the weights once more in memory). `data`: a file that receives the
+    refit weights (else they are held in the returned model).
 
     `reselect` (with "stream" inputs): each layer's heads and neurons are chosen again as the layer is reached, among
     all of its units as the pruned model below computes them, keeping as many as `masks` does: those whose refit to
     the original stream loses least (`scoring.refit_selection`). The masks of the returned model are in `masks` of
     the result.
     """
-    if original is None:
-        original = session(analysis.model, activation_names(analysis) if inputs == "original" else ())
+    if original is None and inputs == "original":
+        original = session(analysis.model, activation_names(analysis))
     batches = _batches(calibration, indices, batch_size)
     chosen = reselectable(analysis, masks) if reselect and inputs == "stream" else []
     working = {**masks, **{name: np.ones_like(masks[name]) for name in chosen}}
@@ -295,15 +299,16 @@ def recover(
         else:
             refit, weights = _refit(projection, fit, check)
         if refit.applied or group is not None and group.name in chosen:
-            _write(model, projection, weights)
+            _write(model, projection, weights, data)
             written.append(projection)
         refits.append(refit)
         if progress:
             progress(1)
     if chosen:
-        model = _sliced_refits(analysis, final, model, written)
+        model = _sliced_refits(analysis, final, model, written, data)
     share_equal_initializers(model)
     held_out = [b for b in batches if b.held_out]
+    original = original or session(analysis.model)
     error = {name: _output_error(original, m, held_out) for name, m in (("sliced", pruned), ("refit", model))}
     recovery = Recovery(model, refits, error, final, chosen)
     return recovery if recovery.kept else Recovery(pruned, refits, error, masks, [])
@@ -351,23 +356,27 @@ def _reselect(
 
 
 def _sliced_refits(
-    analysis: GraphAnalysis, masks: dict[str, np.ndarray], work: onnx.ModelProto, written: list[Projection]
+    analysis: GraphAnalysis,
+    masks: dict[str, np.ndarray],
+    work: onnx.ModelProto,
+    written: list[Projection],
+    data: DataFile | None,
 ) -> onnx.ModelProto:
     """The model `masks` make of the original, with the weights that recovery wrote into `work` (the model in which
     the chosen groups kept every unit) cut to the units kept."""
-    model = normalize(apply_masks(analysis, masks))
+    model = normalize(apply_masks(analysis, masks, data=data))
     values = {t.name: t for t in work.graph.initializer}
     for projection in written:
         final = _projection(analysis, masks, projection.weight, projection.layer, projection.kind)
-        matrix = numpy_helper.to_array(values[projection.weight])
+        matrix = tensor_array(values[projection.weight])
         rows = [matrix.T if projection.transposed else matrix]
         bias = linear_biases(work, projection.weight)[0]
-        rows += [numpy_helper.to_array(values[bias])[None, :]] if projection.has_bias and bias else []
+        rows += [tensor_array(values[bias])[None, :]] if projection.has_bias and bias else []
         weights = np.vstack(rows)
         kept_rows = np.append(
             np.searchsorted(projection.rows, final.rows), np.arange(len(projection.rows), len(weights))
         )
-        _write(model, final, weights[kept_rows][:, np.searchsorted(projection.columns, final.columns)])
+        _write(model, final, weights[kept_rows][:, np.searchsorted(projection.columns, final.columns)], data)
     return model
 
 
@@ -818,9 +827,9 @@ def _solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarray | None:
     return solved if np.isfinite(solved).all() else None
 
 
-def _write(model: onnx.ModelProto, projection: Projection, weights: np.ndarray) -> None:
+def _write(model: onnx.ModelProto, projection: Projection, weights: np.ndarray, data: DataFile | None = None) -> None:
     matrix = weights[: len(projection.rows)]
     arrays = {projection.weight: matrix.T if projection.transposed else matrix}
     if projection.has_bias:
         arrays.update((bias, weights[-1]) for bias in linear_biases(model, projection.weight))
-    replace_initializers(model, arrays)
+    replace_initializers(model, arrays, data)

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graph_passes.external_data import DataFile
 from graph_passes.model_io import copy_fields
 
 
@@ -99,8 +100,11 @@ def _bias_of(
     return None
 
 
-def replace_initializers(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> None:
-    """Give the initializers behind the named tensors new values (same element type), in place.
+def replace_initializers(
+    model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], data: DataFile | None = None
+) -> None:
+    """Give the initializers behind the named tensors new values (same element type), in place; with `data`, large
+    ones are written there and referred to rather than held in the model.
 
     Each must be used by one node only (`normalize` makes it so), or its other users would change too."""
     targets = {}
@@ -113,4 +117,5 @@ def replace_initializers(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray
         if tensor.name in targets:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             value = np.ascontiguousarray(targets[tensor.name], dtype=dtype)
-            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
+            stored = data.store(tensor.name, value) if data else numpy_helper.from_array(value, tensor.name)
+            model.graph.initializer[index].CopyFrom(stored)

@@ -8,6 +8,8 @@ import pytest
 import tiny_models
 from onnx import numpy_helper
 
+from bench.large_models import Shape, build
+from bench.workload import feeds
 from compressor import compress, recovery
 from compressor.calibration import from_arrays
 from compressor.capture import capture_session, token_mask
@@ -23,6 +25,8 @@ from graph_passes import (
     normalize,
     replace_initializers,
 )
+from graph_passes.external_data import DataFile, is_external, location, tensor_array
+from graph_passes.sessions import cpu_session
 
 STYLES = ["optimum-opset17", "torchscript-opset14", "dynamo-opset18"]
 
@@ -186,7 +190,9 @@ def test_compress_ships_the_sliced_model_when_the_refit_is_worse(export_cache, m
     """Refits written ten times too large make the output worse: the report says not kept, and the model's weights
     are exactly those of the run without recovery."""
     write = recovery._write
-    monkeypatch.setattr(recovery, "_write", lambda model, projection, weights: write(model, projection, 10 * weights))
+    monkeypatch.setattr(
+        recovery, "_write", lambda model, projection, weights, *data: write(model, projection, 10 * weights, *data)
+    )
     result = _hidden_run(export_cache)
     report = result.report["recovery"]
     assert any(r["applied"] for r in report["projections"]) and report["kept"] is False
@@ -200,7 +206,9 @@ def test_a_refit_that_worsens_the_output_is_not_shipped(export_cache, monkeypatc
     analysis, masks, data = _setup(export_cache, "bert", "optimum-opset17")
     pruned = apply_masks(analysis, masks)
     write = recovery._write
-    monkeypatch.setattr(recovery, "_write", lambda model, projection, weights: write(model, projection, 10 * weights))
+    monkeypatch.setattr(
+        recovery, "_write", lambda model, projection, weights, *data: write(model, projection, 10 * weights, *data)
+    )
     result = recover(analysis, pruned, masks, data, list(range(40)), batch_size=16)
     assert any(r.applied for r in result.refits)
     assert result.model is pruned
@@ -309,3 +317,30 @@ def test_the_ridge_path_gives_each_ridge_solve_and_its_held_out_error(bias):
         np.testing.assert_allclose(path.solution(ridge), solved, rtol=1e-6, atol=1e-9)
         held_error = np.mean(np.sum(np.square(design[300:] @ solved - y[300:]), axis=1))
         assert path.error(ridge) == pytest.approx(held_error, rel=1e-6)
+
+
+def test_refit_weights_written_to_a_data_file_equal_those_held_in_memory(tmp_path):
+    """With `data`, recovery writes every refit weight (a model's weights read as references, reselection on) to that
+    file and refers to it: the model holds none of them, and its values and outputs equal those of the run that
+    holds them in memory."""
+    path = build(Shape(layers=2, hidden=32, heads=4, ffn=64, vocab=50, positions=16), tmp_path / "in" / "model.onnx")
+    model = load_model(path, referenced=True)
+    analysis = analyze(model)
+    masks = {g.name: np.arange(g.units) % 2 == 0 for g in analysis.groups if g.kind in ("heads", "ffn")}
+    calibration = from_arrays(feeds(model, 40, 8), model, 40)
+    file = DataFile(tmp_path / "refits.data")
+    held, written = (
+        recover(analysis, apply_masks(analysis, masks, data=d), masks, calibration, range(40), 16, None, "stream",
+                None, True, d)
+        for d in (None, file)
+    )  # fmt: skip
+    assert held.kept and written.kept and held.reselected == written.reselected
+    refit = {r.weight for r in written.refits if r.applied}
+    tensors = {t.name: t for t in written.model.graph.initializer}
+    assert refit and all(is_external(tensors[name]) and location(tensors[name]) == file.path for name in refit)
+    for mine, theirs in zip(written.model.graph.initializer, held.model.graph.initializer, strict=True):
+        assert mine.name == theirs.name and np.array_equal(tensor_array(mine), tensor_array(theirs))
+    batch = feeds(model, 2, 8)
+    np.testing.assert_array_equal(
+        cpu_session(written.model).run(None, batch)[0], cpu_session(held.model).run(None, batch)[0]
+    )
