@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
+import tiny_models
 import torch
 import transformers
 from transformers.cache_utils import DynamicCache
@@ -147,18 +147,10 @@ def export_dynamo(model: transformers.PreTrainedModel, folder: Path, opset: int 
             dynamic_shapes=shapes,
             verbose=False,
         )
-    _inline_external_data(path)
+    tiny_models.inline_external_data(path)
     config.save_pretrained(str(folder))
     save_tokenizer(folder, bos=config.model_type != "gpt2")
     return path
-
-
-def _inline_external_data(path: Path) -> None:
-    """The dynamo exporter may write weights beside the model; keep tiny models in one file."""
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        onnx.save(onnx.load(str(path)), str(path))
-        data.unlink()
 
 
 def save_tokenizer(folder: Path, bos: bool) -> Path:
@@ -357,3 +349,16 @@ def onnx_steps(session, ids: np.ndarray, prefill: int) -> list[np.ndarray]:
 
 def _steps(length: int, prefill: int) -> list[tuple[int, int]]:
     return [(0, prefill)] + [(p, p + 1) for p in range(prefill, length)]
+
+
+def random_masks(analysis, seed: int) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Random masks for every head and FFN group, each dropping at least one unit and keeping at least one."""
+    rng = np.random.default_rng(seed)
+    by_layer: dict[str, dict[int, np.ndarray]] = {"heads": {}, "ffn": {}}
+    masks = {}
+    for kind, found in by_layer.items():
+        for group in analysis.by_kind(kind):
+            mask = np.ones(group.units, dtype=bool)
+            mask[rng.choice(group.units, size=int(rng.integers(1, group.units)), replace=False)] = False
+            found[group.layer] = masks[group.name] = mask
+    return masks, by_layer["heads"], by_layer["ffn"]

@@ -137,11 +137,11 @@ def export_torch(model: torch.nn.Module, spec: Spec, path: Path, opset: int, dyn
                 output_names=output_names(spec.head),
                 dynamic_axes=axes,
             )
-    _inline_external_data(path)
+    inline_external_data(path)
     return path
 
 
-def _inline_external_data(path: Path) -> None:
+def inline_external_data(path: Path) -> None:
     """The dynamo exporter may write weights beside the model; keep tiny models in one file."""
     data = path.with_name(path.name + ".data")
     if data.exists():

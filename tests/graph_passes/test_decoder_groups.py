@@ -46,24 +46,11 @@ def test_heads_are_kv_groups_and_the_cache_is_state_not_interface(analyses, fami
     assert all(not g.interface for g in heads + ffn)
 
 
-def _masks(analysis, seed: int) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Random masks for every head and FFN group, each dropping at least one unit and keeping at least one."""
-    rng = np.random.default_rng(seed)
-    by_layer: dict[str, dict[int, np.ndarray]] = {"heads": {}, "ffn": {}}
-    masks = {}
-    for kind, found in by_layer.items():
-        for group in analysis.by_kind(kind):
-            mask = np.ones(group.units, dtype=bool)
-            mask[rng.choice(group.units, size=int(rng.integers(1, group.units)), replace=False)] = False
-            found[group.layer] = masks[group.name] = mask
-    return masks, by_layer["heads"], by_layer["ffn"]
-
-
 @pytest.mark.parametrize("family", tiny_decoders.FAMILIES)
 def test_pruned_decoder_equals_torch_pruning_at_prefill_and_over_decoding_steps(decoder_cache, analyses, family):
     model, _ = decoder_cache(family)
     analysis = analyses(family)
-    masks, heads, ffn = _masks(analysis, seed=7)
+    masks, heads, ffn = tiny_decoders.random_masks(analysis, seed=7)
     pruned = apply_masks(analysis, masks)
     session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
     ids = tiny_decoders.sample_ids(2, 9, seed=4)

@@ -56,24 +56,11 @@ def test_heads_are_kv_groups_and_only_the_rotary_table_is_blocked(dynamo_decoder
     assert {b.op_type for b in analysis.unsupported} <= {"Concat"}  # cat(freqs, freqs), as in optimum's export
 
 
-def _random_masks(analysis, seed: int) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Random masks for every head and FFN group, each dropping at least one unit and keeping at least one."""
-    rng = np.random.default_rng(seed)
-    by_layer: dict[str, dict[int, np.ndarray]] = {"heads": {}, "ffn": {}}
-    masks = {}
-    for kind, found in by_layer.items():
-        for group in analysis.by_kind(kind):
-            mask = np.ones(group.units, dtype=bool)
-            mask[rng.choice(group.units, size=int(rng.integers(1, group.units)), replace=False)] = False
-            found[group.layer] = masks[group.name] = mask
-    return masks, by_layer["heads"], by_layer["ffn"]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_export_equals_torch_pruning_and_its_cache_is_self_consistent(dynamo_decoder_cache, family):
     model, path = dynamo_decoder_cache(family)
     analysis = analyze(load_model(path))
-    masks, heads, ffn = _random_masks(analysis, seed=7)
+    masks, heads, ffn = tiny_decoders.random_masks(analysis, seed=7)
     pruned = apply_masks(analysis, masks)
     session = _session(pruned)
     ids = tiny_decoders.sample_ids(2, 9, seed=4)
