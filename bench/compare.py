@@ -259,7 +259,8 @@ def targets_markdown(found: dict) -> list[str]:
         )
     lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {target} | {value} | {'yes' if met else '**no**'} |" for target, value, met in checks]
-    return lines + [""]
+    # a section remeasured alone (--only) after the defaults changed says which older rows it did not remeasure
+    return lines + (["", found["stale"]] if "stale" in found else []) + [""]
 
 
 def render(args: argparse.Namespace, machine: dict, found: dict) -> str:

@@ -60,3 +60,11 @@ def header_line(info: dict) -> str:
     gpu = f", GPU {', '.join(info['gpus'])}" if info["gpus"] else ""
     packages = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
     return f"{info['date']} on {info['cpu']} ({info['cores']} cores{gpu}); {packages}"
+
+
+def commit() -> str:
+    """The short hash of the checkout's HEAD (what a measured row ran), or "-" outside a git checkout."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
+    )
+    return found.stdout.strip() or "-"
