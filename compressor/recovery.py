@@ -266,7 +266,7 @@ def recover(
     of `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made: with
     "pruned" and "stream" inputs, which run the models a layer at a time, only for the output error once the refits
     are done (held through them, it would be the weights once more in memory). `data`: a file that receives the
-    refit weights (else they are held in the returned model).
+    refit weights whose originals lie in files (the others are held in the returned model).
 
     `reselect` (with "stream" inputs): each layer's heads and neurons are chosen again as the layer is reached, among
     all of its units as the pruned model below computes them, keeping as many as `masks` does: those whose refit to

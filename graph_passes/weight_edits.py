@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graph_passes.external_data import DataFile
+from graph_passes.external_data import DataFile, is_external
 from graph_passes.model_io import copy_fields
 
 
@@ -103,8 +103,8 @@ def _bias_of(
 def replace_initializers(
     model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], data: DataFile | None = None
 ) -> None:
-    """Give the initializers behind the named tensors new values (same element type), in place; with `data`, large
-    ones are written there and referred to rather than held in the model.
+    """Give the initializers behind the named tensors new values (same element type), in place; with `data`, those
+    whose old value lies in a file are written there (when large) and referred to, as `apply_masks` does.
 
     Each must be used by one node only (`normalize` makes it so), or its other users would change too."""
     targets = {}
@@ -117,5 +117,6 @@ def replace_initializers(
         if tensor.name in targets:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             value = np.ascontiguousarray(targets[tensor.name], dtype=dtype)
-            stored = data.store(tensor.name, value) if data else numpy_helper.from_array(value, tensor.name)
+            in_file = data is not None and is_external(tensor)
+            stored = data.store(tensor.name, value) if in_file else numpy_helper.from_array(value, tensor.name)
             model.graph.initializer[index].CopyFrom(stored)
