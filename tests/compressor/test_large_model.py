@@ -1,7 +1,7 @@
 """A model past the protobuf limit (2 GB), built with numpy and onnx helpers (`bench.large_models`), compressed by the
 command line: written with external data, loadable from its path, smaller, and with the peak memory in the report.
-Slow (minutes, and about 10x the weights' memory today, see BENCHMARKS.md's size section): left out of CI by the
-`slow` marker (`pytest -m slow` runs it)."""
+Slow (35 minutes on a 2-core machine with stream refits and reselection, 89bb9a2; memory: BENCHMARKS.md's size
+section): left out of CI by the `slow` marker (`pytest -m slow` runs it)."""
 
 from __future__ import annotations
 
