@@ -53,7 +53,6 @@ from compressor.capture import plan_capture, token_mask, token_rows
 from compressor.fidelity import ROWS, run_size, session
 from compressor.scoring import refit_selection
 from compressor.statistics import Moments
-from graph_passes.external_data import DataFile, tensor_array
 from graph_passes import (
     ChannelGroup,
     GraphAnalysis,
@@ -65,6 +64,7 @@ from graph_passes import (
     share_equal_initializers,
     truncated,
 )
+from graph_passes.external_data import DataFile, tensor_array
 
 REFIT_INPUTS = ("original", "pruned", "stream")
 RIDGES = (

@@ -166,6 +166,14 @@ class DataFile:
         return stored
 
 
+def replacement(old: onnx.TensorProto, array: np.ndarray, data: DataFile | None) -> onnx.TensorProto:
+    """A new value for the initializer `old`, under its name: written to `data` (when large) and referred to where
+    `old` lies in a file, else held in the model."""
+    if data is not None and is_external(old):
+        return data.store(old.name, array)
+    return numpy_helper.from_array(np.ascontiguousarray(array), old.name)
+
+
 def _raw(tensor: onnx.TensorProto) -> bytes:
     return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from graph_passes.channel_groups import WITHIN, ChannelGroup, GraphAnalysis
 from graph_passes.errors import MaskError, UnsupportedGraphError
-from graph_passes.external_data import DataFile, is_external, tensor_array
+from graph_passes.external_data import DataFile, replacement, tensor_array
 from graph_passes.model_io import share_equal_initializers, subgraph_inputs
 
 
@@ -134,12 +134,7 @@ def _slice_initializers(
         array = tensor_array(tensor)
         for axis, kept in cuts.items():
             array = np.take(array, kept, axis=axis)
-        sliced = (
-            data.store(tensor.name, array)
-            if data is not None and is_external(tensor)
-            else numpy_helper.from_array(np.ascontiguousarray(array), tensor.name)
-        )
-        model.graph.initializer[index].CopyFrom(sliced)
+        model.graph.initializer[index].CopyFrom(replacement(tensor, array, data))
 
 
 def _rewrite_shape_targets(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dict[int, np.ndarray]) -> None:

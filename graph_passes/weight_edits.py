@@ -6,9 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from graph_passes.external_data import DataFile, is_external
+from graph_passes.external_data import DataFile, replacement
 from graph_passes.model_io import copy_fields
 
 
@@ -117,6 +116,4 @@ def replace_initializers(
         if tensor.name in targets:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             value = np.ascontiguousarray(targets[tensor.name], dtype=dtype)
-            in_file = data is not None and is_external(tensor)
-            stored = data.store(tensor.name, value) if in_file else numpy_helper.from_array(value, tensor.name)
-            model.graph.initializer[index].CopyFrom(stored)
+            model.graph.initializer[index].CopyFrom(replacement(tensor, value, data))
