@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,21 +33,52 @@ def session(model: onnx.ModelProto, exposed: Sequence[str] = ()) -> Session:
     return cpu_session(model, exposed, session_class=Session)
 
 
-def compare(
+class Reference:
+    """The original model's first output on a list of runs (each a dict of feeds), computed once and kept in files
+    in a temporary folder (inside `folder` when given), removed with this object, and read back a run at a time: each
+    model compared with the original then runs alone, never beside a session of the whole original (on TinyLlama's
+    shape that pair held 11.8 GB for 4.1 GB of weights), and the original's outputs are not computed again for each
+    comparison."""
+
+    def __init__(
+        self, original: ort.InferenceSession, runs: Sequence[dict[str, np.ndarray]], folder: Path | None = None
+    ) -> None:
+        self.runs = list(runs)
+        self._folder = tempfile.TemporaryDirectory(prefix="mi-compressor-reference-", dir=folder)
+        first = [original.get_outputs()[0].name]  # the original's session may expose inner tensors as well
+        for index, feeds in enumerate(self.runs):
+            np.save(self._path(index), original.run(first, feeds)[0])
+
+    def _path(self, index: int) -> Path:
+        return Path(self._folder.name) / f"{index}.npy"
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Each run's feeds and the original's output on them."""
+        for index, feeds in enumerate(self.runs):
+            yield feeds, np.load(self._path(index))
+
+
+def reference(
     original: ort.InferenceSession,
-    compressed: ort.InferenceSession,
     calibration: Calibration,
     indices: Sequence[int],
     batch_size: int = 32,
-) -> dict:
-    """Mean cosine between the two models' first outputs (per sentence, or per unpadded token); for classifiers the
-    fraction of samples on which the predicted class agrees; for per-token outputs (an encoder's hidden states, which
-    sentence-embedding models mean-pool) the mean cosine of the mean-pooled sentence embeddings."""
-    cosines, agree, embedded = [], [], []
-    first = [original.get_outputs()[0].name]  # the original's session may expose inner tensors as well
+    folder: Path | None = None,
+) -> Reference:
+    """The original's outputs on the samples `indices`, in runs ordered by length of `batch_size` samples, fewer
+    where both models' outputs would pass `RUN_BYTES` (`run_size`)."""
     runs = run_size(original, calibration.max_length, batch_size)
-    for feeds in calibration.batches(calibration.by_length(indices), runs):
-        a, b = original.run(first, feeds)[0], compressed.run(None, feeds)[0]
+    return Reference(original, calibration.batches(calibration.by_length(indices), runs), folder)
+
+
+def compare(reference: Reference, compressed: ort.InferenceSession) -> dict:
+    """Mean cosine between the original's first output (`reference`) and the compressed model's (per sentence, or
+    per unpadded token); for classifiers the fraction of samples on which the predicted class agrees; for per-token
+    outputs (an encoder's hidden states, which sentence-embedding models mean-pool) the mean cosine of the
+    mean-pooled sentence embeddings."""
+    cosines, agree, embedded = [], [], []
+    for feeds, a in reference:
+        b = compressed.run(None, feeds)[0]
         if a.ndim == 3:
             tokens, sentences = _per_token_cosines(a, b, _positions(feeds, a))
             cosines.append(tokens)
@@ -55,7 +88,7 @@ def compare(
             agree.append(a.argmax(axis=-1) == b.argmax(axis=-1))
         cosines.append(_cosine(a.reshape(len(a), -1), b.reshape(len(b), -1)))
     found = {
-        "samples": len(indices),
+        "samples": sum(len(next(iter(feeds.values()))) for feeds in reference.runs),
         "prediction_agreement": float(np.concatenate(agree).mean()) if agree else None,
         "mean_cosine": float(np.concatenate(cosines).mean()),
     }

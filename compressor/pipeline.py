@@ -163,13 +163,19 @@ def compress(
     start = timer.stage("flops", start)
     stats = None
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
+    session = fidelity.session(source, exposed)  # released before scoring, whose float64 products need room
     if method in ("mi", "wanda"):
         cross = "hidden" in granularity
         with reporter.stage("capturing activations", len(scored) * len(capture_passes(analysis, cross))) as advance:
-            session = fidelity.session(source, exposed)  # released before scoring, whose float64 products need room
             stats = capture(analysis, data, data.by_length(scored), batch_size, advance, session, cross, workspace)
-            del session
     start = timer.stage("capture", start)
+    # the original's outputs that recovery and fidelity compare with, from this session: no later one is opened
+    # beside a compressed model's (refits on the original's activations open their own)
+    folder = Path(workspace) if workspace else None
+    checked = fidelity.reference(session, data, held_out, batch_size, folder)
+    refits_checked = recovery.output_reference(session, data, scored, batch_size, folder) if recover else None
+    del session
+    start = timer.stage("reference", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)
     signal = stats.top_kind if stats else None
@@ -190,19 +196,28 @@ def compress(
         reselect = method == "mi" and not int4_input  # an int4 input's masks keep whole quantization blocks
         with reporter.stage("refitting projections", len(found)) as advance:
             recovered = recovery.recover(
-                analysis, sliced, masks, data, scored, batch_size, advance, refit_inputs, original, reselect, written
+                analysis,
+                sliced,
+                masks,
+                data,
+                scored,
+                batch_size,
+                advance,
+                refit_inputs,
+                original,
+                reselect,
+                written,
+                refits_checked,
             )
         pruned, masks = recovered.model, recovered.masks
         start = timer.stage("recovery", start)
-    original = original or fidelity.session(source, exposed)  # for fidelity
+    del original, refits_checked
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
-    fidelity_report = fidelity.compare(original, compressed_session, data, held_out, batch_size)
+    fidelity_report = fidelity.compare(checked, compressed_session)
     del compressed_session  # sessions are released as soon as they are done with
     if recover:
-        fidelity_report["without_recovery"] = fidelity.compare(
-            original, fidelity.session(sliced), data, held_out, batch_size
-        )
+        fidelity_report["without_recovery"] = fidelity.compare(checked, fidelity.session(sliced))
     start = timer.stage("fidelity", start)
     if workspace is None or optimize or quantize or int4_input:
         materialize_in_place(pruned)  # ONNX Runtime's fusion and quantizers read the weights from the protobuf
@@ -217,11 +232,8 @@ def compress(
     elif quantize is not None:
         pruned, quantization = quantized(float_model, quantize)
     if quantization is not None:
-        quantization["fidelity"] = fidelity.compare(
-            original, validate(pruned, data, batch_size), data, held_out, batch_size
-        )
+        quantization["fidelity"] = fidelity.compare(checked, validate(pruned, data, batch_size))
         timer.stage("quantization", start)
-    del original
     report = build_report(
         analysis, float_model, masks, keep, method, granularity, data, scored, held_out, signal, fidelity_report, timer
     )

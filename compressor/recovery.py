@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import chain, groupby
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -50,7 +51,7 @@ import onnxruntime as ort
 
 from compressor.calibration import Calibration
 from compressor.capture import plan_capture, token_mask, token_rows
-from compressor.fidelity import ROWS, run_size, session
+from compressor.fidelity import ROWS, Reference, run_size, session
 from compressor.scoring import refit_selection
 from compressor.statistics import Moments
 from graph_passes import (
@@ -255,6 +256,7 @@ def recover(
     original: ort.InferenceSession | None = None,
     reselect: bool = False,
     data: DataFile | None = None,
+    reference: Reference | None = None,
 ) -> Recovery:
     """Refit, in graph order, every projection that reads pruned units.
 
@@ -266,7 +268,8 @@ def recover(
     of `analysis.model` exposing `activation_names` (the pipeline's, shared by every stage), else one is made: with
     "pruned" and "stream" inputs, which run the models a layer at a time, only for the output error once the refits
     are done (held through them, it would be the weights once more in memory). `data`: a file that receives the
-    refit weights whose originals lie in files (the others are held in the returned model).
+    refit weights whose originals lie in files (the others are held in the returned model). `reference`: the
+    original's output on the held-out samples (`output_reference`), else computed here once the refits are done.
 
     `reselect` (with "stream" inputs): each layer's heads and neurons are chosen again as the layer is reached, among
     all of its units as the pruned model below computes them, keeping as many as `masks` does: those whose refit to
@@ -307,9 +310,10 @@ def recover(
     if chosen:
         model = _sliced_refits(analysis, final, model, written, data)
     share_equal_initializers(model)
-    held_out = [b for b in batches if b.held_out]
-    original = original or session(analysis.model)
-    error = {name: _output_error(original, m, held_out) for name, m in (("sliced", pruned), ("refit", model))}
+    if reference is None:
+        reference = output_reference(original or session(analysis.model), calibration, indices, batch_size)
+    del original  # the models compared below run alone
+    error = {name: _output_error(reference, m) for name, m in (("sliced", pruned), ("refit", model))}
     recovery = Recovery(model, refits, error, final, chosen)
     return recovery if recovery.kept else Recovery(pruned, refits, error, masks, [])
 
@@ -647,26 +651,41 @@ def residual_stream(model: onnx.ModelProto, node_index: int) -> str | None:
     return None
 
 
-def _output_error(original: ort.InferenceSession, model: onnx.ModelProto, batches: list[Batch]) -> float:
-    """Mean squared difference of the first output (at unpadded tokens when it has a sequence axis): a few samples a
-    run when both models' outputs would pass `RUN_BYTES` (`fidelity.run_size`), a few rows at a time (a decoder's
-    float64 squares of 25 x 256 x 32,000 logits were 1.6 GB)."""
-    compressed = session(model)
-    first = [original.get_outputs()[0].name]
-    total, count = 0.0, 0
-    for batch in batches:
+def output_reference(
+    original: ort.InferenceSession,
+    calibration: Calibration,
+    indices: Sequence[int],
+    batch_size: int = 32,
+    folder: Path | None = None,
+) -> Reference:
+    """The original's first output on the samples that `recover` holds out of `indices` (`_batches`), for the
+    output error: a few samples a run where both models' outputs would pass `RUN_BYTES` (`fidelity.run_size`)."""
+    runs = []
+    for batch in _batches(calibration, indices, batch_size):
+        if not batch.held_out:
+            continue
         samples = len(next(iter(batch.feeds.values())))
         step = run_size(original, 1 if batch.tokens is None else batch.tokens.shape[1], samples)
-        for start in range(0, samples, step):
-            feeds = {name: value[start : start + step] for name, value in batch.feeds.items()}
-            tokens = None if batch.tokens is None else batch.tokens[start : start + step]
-            reference, output = original.run(first, feeds)[0], compressed.run(None, feeds)[0]
-            reference, output = token_rows(reference, tokens), token_rows(output, tokens)
-            total += sum(
-                float(np.square(reference[i : i + ROWS] - output[i : i + ROWS], dtype=np.float64).sum())
-                for i in range(0, len(reference), ROWS)
-            )
-            count += reference.size
+        runs += [
+            {name: value[start : start + step] for name, value in batch.feeds.items()}
+            for start in range(0, samples, step)
+        ]
+    return Reference(original, runs, folder)
+
+
+def _output_error(reference: Reference, model: onnx.ModelProto) -> float:
+    """Mean squared difference of the first output from the original's (at unpadded tokens when it has a sequence
+    axis), a few rows at a time (a decoder's float64 squares of 25 x 256 x 32,000 logits were 1.6 GB)."""
+    compressed = session(model)
+    total, count = 0.0, 0
+    for feeds, original in reference:
+        tokens = token_mask(feeds)
+        original, output = token_rows(original, tokens), token_rows(compressed.run(None, feeds)[0], tokens)
+        total += sum(
+            float(np.square(original[i : i + ROWS] - output[i : i + ROWS], dtype=np.float64).sum())
+            for i in range(0, len(original), ROWS)
+        )
+        count += original.size
     return total / max(count, 1)
 
 

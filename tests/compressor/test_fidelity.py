@@ -49,10 +49,13 @@ def test_large_outputs_are_compared_a_few_samples_a_run(tmp_path, monkeypatch):
     data = from_arrays({"input_ids": feeds(model, 8, 12)["input_ids"], "attention_mask": mask}, model, 8)
     original = fidelity.session(model)
     other = fidelity.session(load_model(build_decoder(shape, tmp_path / "other" / "model.onnx", seed=1)))
-    whole = fidelity.compare(original, other, data, list(range(8)), batch_size=8)
+    whole = fidelity.compare(fidelity.reference(original, data, list(range(8)), batch_size=8), other)
+    assert whole["samples"] == 8
     monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * data.max_length * shape.vocab * 3)
     assert fidelity.run_size(original, data.max_length, 8) == 3
-    assert fidelity.compare(original, other, data, list(range(8)), batch_size=8) == whole
+    parts = fidelity.reference(original, data, list(range(8)), batch_size=8)
+    assert [len(feeds["input_ids"]) for feeds in parts.runs] == [3, 3, 2]
+    assert fidelity.compare(parts, other) == whole
 
 
 def test_recovery_output_error_runs_large_outputs_a_few_samples_at_a_time(tmp_path, monkeypatch):
@@ -61,8 +64,11 @@ def test_recovery_output_error_runs_large_outputs_a_few_samples_at_a_time(tmp_pa
     mask = (np.arange(12) < np.array([12, 3, 7, 12, 5, 9, 12, 2])[:, None]).astype(np.int64)
     data = from_arrays({"input_ids": feeds(model, 8, 12)["input_ids"], "attention_mask": mask}, model, 8)
     other = load_model(build_decoder(shape, tmp_path / "other" / "model.onnx", seed=1))
-    batches = recovery._batches(data, list(range(8)), 8)
+    monkeypatch.setattr(recovery, "CHECK_EVERY", 1)  # all 8 samples held out
     original = fidelity.session(model)
-    whole = recovery._output_error(original, other, batches)
-    monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * data.max_length * shape.vocab * 3)
-    assert recovery._output_error(original, other, batches) == pytest.approx(whole, rel=1e-12)
+    whole = recovery.output_reference(original, data, list(range(8)), 8)
+    assert [len(feeds["input_ids"]) for feeds in whole.runs] == [8]
+    monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * 12 * shape.vocab * 3)  # 3 samples of the batch's 12 tokens
+    parts = recovery.output_reference(original, data, list(range(8)), 8)
+    assert [len(feeds["input_ids"]) for feeds in parts.runs] == [3, 3, 2]
+    assert recovery._output_error(parts, other) == pytest.approx(recovery._output_error(whole, other), rel=1e-12)
