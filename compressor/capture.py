@@ -14,7 +14,7 @@ readers (wanda) sees all of them.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from compressor.calibration import Calibration
 from compressor.statistics import Moments
-from graph_passes import GraphAnalysis, UnsupportedGraphError
+from graph_passes import GraphAnalysis, UnsupportedGraphError, computed_before, layer_cuts, truncated
 from graph_passes.external_data import model_bytes
 from graph_passes.sessions import cpu_session
 
@@ -154,13 +154,14 @@ def capture_names(plan: CapturePlan) -> list[str]:
     return _names(plan, plan.layers, last=True)
 
 
-def _names(plan: CapturePlan, taps: list[LayerTaps], last: bool) -> list[str]:
-    """What a pass over the layers `taps` reads, in the order it asks for them; the `last` pass also the head's
-    input and the output, and the inputs of the stream's other readers."""
+def _names(plan: CapturePlan, taps: list[LayerTaps], last: bool, readers: Sequence[str] | None = None) -> list[str]:
+    """What a pass over the layers `taps` reads, in the order it asks for them: the inputs of the stream's other
+    readers (`readers`, by default all of them on the `last` pass); the `last` pass also the head's input and the
+    output."""
     names = [n for t in taps for use in t.applications for n in use]
-    if not last:
-        return names
-    return names + ([plan.output, plan.top_hidden] if plan.top_hidden else []) + plan.reader_inputs
+    readers = list(plan.reader_inputs if last else []) if readers is None else list(readers)
+    head = [plan.output, plan.top_hidden] if plan.top_hidden and last else []
+    return names + head + readers
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
@@ -212,59 +213,121 @@ def capture(
 
     Each run takes at most `batch_size` samples, and fewer when the tensors it returns would pass `RUN_BYTES`. When
     the layers' moments would pass what one pass holds (`capture_passes`), the samples are run once per group of
-    layers, the same runs each time, and each group's moments go to files in a temporary folder in `folder` (the
-    system's without it), read back one layer at a time (`StoredMoments`): the moments are those of one pass."""
+    layers, the same runs each time, through that group's layers alone (`_chained`): `session` is not used, only one
+    group's weights are in memory at a time, and each layer is computed once rather than once a pass. Each group's
+    moments go to files in a temporary folder in `folder` (the system's without it), read back one layer at a time
+    (`StoredMoments`)."""
     plan = plan_capture(analysis)
     _require_tapped(plan)
     names = capture_names(plan)
-    session = session or capture_session(analysis.model, names)
-    runs = run_size(analysis, names, calibration.max_length, batch_size)
+    size = run_size(analysis, names, calibration.max_length, batch_size)
     passes = capture_passes(analysis, stream_cross)
-    layers, hidden = (StoredMoments(folder) for _ in range(2)) if len(passes) > 1 else ([], [])
+    if len(passes) == 1:
+        session = session or capture_session(analysis.model, names)
+        runs = ((feeds, dict(zip(names, session.run(names, feeds)))) for feeds in calibration.batches(indices, size))
+        return _pass(
+            analysis, plan.layers, True, plan.reader_inputs, runs, calibration, indices, progress, stream_cross
+        )
+    layers, hidden = StoredMoments(folder), StoredMoments(folder)
+    starts = [positions[0] for positions in passes]
+    readers = _pass_readers(analysis.model, plan, starts)
+    cuts = layer_cuts(analysis.model, [t.hidden_tensor for t in plan.layers], _reads(plan, passes, readers))
+    state: list[dict[str, np.ndarray]] = []  # per run: what the next group's layers read from below
+    found: dict[str, SquareSums] = {}
     for number, positions in enumerate(passes):
-        taps = [plan.layers[p] for p in positions]
+        taps, last = [plan.layers[p] for p in positions], number + 1 == len(passes)
+        following = [] if last else cuts[starts[number + 1]]
+        wanted = _names(plan, taps, last, readers[number])
+        runs = _chained(analysis.model, wanted, following, calibration.batches(indices, size), state)
+        stats = _pass(analysis, taps, last, readers[number], runs, calibration, indices, progress, stream_cross)
+        layers.extend(stats.layers)
+        hidden.extend(stats.hidden)
+        found.update(stats.readers)
+    return replace(stats, layers=layers, hidden=hidden, readers=found)
+
+
+def _reads(plan: CapturePlan, passes: list[list[int]], readers: list[list[str]]) -> list[list[str]]:
+    """Per layer, the tensors a pass reads there; a pass's last layer also what the pass reads above its layers
+    (the readers' inputs, and on the last pass the head's input and the output)."""
+    reads = [_names(plan, [taps], last=False, readers=()) for taps in plan.layers]
+    for number, positions in enumerate(passes):
         last = number + 1 == len(passes)
-        found = _pass(analysis, taps, last, calibration, indices, session, runs, progress, stream_cross)
-        layers.extend(found.layers)
-        hidden.extend(found.hidden)
-    return replace(found, layers=layers, hidden=hidden)
+        reads[positions[-1]] = _names(plan, [plan.layers[positions[-1]]], last, readers[number])
+    return reads
+
+
+def _pass_readers(model: onnx.ModelProto, plan: CapturePlan, starts: list[int]) -> list[list[str]]:
+    """The inputs of the stream's other readers that each pass computes (those below the next pass's first layer,
+    and not below an earlier one's), so that no pass carries them on to the next."""
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    left, found = list(plan.reader_inputs), []
+    for start in starts[1:]:
+        below = computed_before(producer, plan.layers[start].hidden_tensor)
+        found.append([name for name in left if name in below])
+        left = [name for name in left if name not in below]
+    return found + [left]
+
+
+def _chained(
+    model: onnx.ModelProto,
+    names: list[str],
+    following: list[str],
+    runs: Iterable[dict[str, np.ndarray]],
+    state: list[dict[str, np.ndarray]],
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Each run's feeds and its tensors `names`, from a truncated model that computes them from `state` (what the
+    layers below computed, per run; from the graph inputs when empty), whose entries are replaced by what the next
+    pass reads (`following`) as each run is done."""
+    cut = {name: value.dtype for name, value in state[0].items()} if state else {}
+    wanted = list(dict.fromkeys(names + following))
+    computed = [name for name in wanted if name not in cut]
+    session = cpu_session(truncated(model, computed, cut))
+    inputs = [i.name for i in session.get_inputs()]
+    for index, feeds in enumerate(runs):
+        given = {**feeds, **(state[index] if cut else {})}
+        values = {**given, **dict(zip(computed, session.run(computed, {name: given[name] for name in inputs})))}
+        kept = {name: values[name] for name in following}
+        if cut:
+            state[index] = kept
+        else:
+            state.append(kept)
+        yield feeds, {name: values[name] for name in names}
 
 
 def _pass(
     analysis: GraphAnalysis,
     taps: list[LayerTaps],
     last: bool,
+    inputs: Sequence[str],
+    runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
     calibration: Calibration,
     indices: Sequence[int],
-    session: ort.InferenceSession,
-    runs: int,
     progress: Callable[[int], None] | None,
     stream_cross: bool,
 ) -> CapturedStats:
-    """One pass over the samples, `runs` at a time: the moments of the layers `taps`, and on the `last` pass the
-    head's and the stream readers'."""
+    """One pass over the samples, a run at a time (`runs`: each run's feeds and the tensors the pass reads): the
+    moments of the layers `taps`, the norms of the stream's other readers' `inputs`, and on the `last` pass the
+    head's."""
     plan = plan_capture(analysis)
-    names = _names(plan, taps, last)
     layers = [Moments(t.size, precision=np.float32) for t in taps]  # the largest state: float32 (`statistics`)
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
     hidden = [Moments(hidden_size, t.size if stream_cross else 0, precision=np.float32) for t in taps]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden and last else None
-    readers = {name: SquareSums(hidden_size) for name in plan.reader_inputs if last}
+    readers = {name: SquareSums(hidden_size) for name in inputs}
     done = 0
-    for feeds in calibration.batches(indices, runs):
-        outputs = dict(zip(names, session.run(names, feeds)))
+    for feeds, values in runs:
         mask, count = token_mask(feeds), batch_length(feeds)
         for layer, moments, stream in zip(taps, layers, hidden):
             for heads, ffn, stream_tensor in layer.applications:
-                units = np.concatenate([token_rows(outputs[heads], mask), token_rows(outputs[ffn], mask)], axis=1)
+                units = np.concatenate([token_rows(values[heads], mask), token_rows(values[ffn], mask)], axis=1)
                 moments.add(units)
-                stream.add(token_rows(outputs[stream_tensor], mask), units)
+                stream.add(token_rows(values[stream_tensor], mask), units)
         for name, sums in readers.items():
-            sums.add(token_rows(outputs[name], mask))
+            sums.add(token_rows(values[name], mask))
         if top_hidden is not None:
             labels = None if calibration.labels is None else calibration.labels[list(indices[done : done + count])]
-            top_hidden.add(outputs[plan.top_hidden], _top_rows(outputs[plan.output], labels, top_dim, top_kind))
+            top_hidden.add(values[plan.top_hidden], _top_rows(values[plan.output], labels, top_dim, top_kind))
         done += count
         if progress:
             progress(count)

@@ -163,14 +163,17 @@ def compress(
     start = timer.stage("flops", start)
     stats = None
     exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
-    session = fidelity.session(source, exposed)  # released before scoring, whose float64 products need room
+    session = None  # of the whole original, released before scoring, whose float64 products need room
     if method in ("mi", "wanda"):
         cross = "hidden" in granularity
-        with reporter.stage("capturing activations", len(scored) * len(capture_passes(analysis, cross))) as advance:
+        passes = len(capture_passes(analysis, cross))  # over one, capture runs a group of layers at a time
+        session = fidelity.session(source, exposed) if passes == 1 else None
+        with reporter.stage("capturing activations", len(scored) * passes) as advance:
             stats = capture(analysis, data, data.by_length(scored), batch_size, advance, session, cross, workspace)
     start = timer.stage("capture", start)
-    # the original's outputs that recovery and fidelity compare with, from this session: no later one is opened
+    # the original's outputs that recovery and fidelity compare with, from one session: no later one is opened
     # beside a compressed model's (refits on the original's activations open their own)
+    session = session or fidelity.session(source, exposed)
     folder = Path(workspace) if workspace else None
     checked = fidelity.reference(session, data, held_out, batch_size, folder)
     refits_checked = recovery.output_reference(session, data, scored, batch_size, folder) if recover else None

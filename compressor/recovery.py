@@ -59,6 +59,7 @@ from graph_passes import (
     GraphAnalysis,
     apply_masks,
     kept_along,
+    layer_cuts,
     linear_biases,
     normalize,
     replace_initializers,
@@ -468,19 +469,20 @@ def _compensated_moments(
     it comes as close to the original's as the kept units allow (error compensation).
 
     Lazy: the caller writes each refit into `model` before asking for the next. Each model runs one layer at a time,
-    fed with what the layers below computed (`_layer_cuts`), which is kept per batch: a pass of the original per
-    layer, and of the pruned model per run of projections that read the same tensors (Q, K and V read one; a refit
-    of one of them cannot change what the others read) and once more per layer to move on. Running both models from
-    the graph inputs for every projection cost a pass of all the layers below each time (quadratic in depth) and two
-    sessions over nearly the whole model per projection. The original's side is kept per batch as the tensors the
-    layer's projections read (once for Q, K and V), or as a projection's output where that is narrower (FFN down).
+    fed with what the layers below computed (`graph_passes.layer_cuts`), which is kept per batch: a pass of the
+    original per layer, and of the pruned model per run of projections that read the same tensors (Q, K and V read
+    one; a refit of one of them cannot change what the others read) and once more per layer to move on. Running
+    both models from the graph inputs for every projection cost a pass of all the layers below each time (quadratic
+    in depth) and two sessions over nearly the whole model per projection. The original's side is kept per batch as
+    the tensors the layer's projections read (once for Q, K and V), or as a projection's output where that is
+    narrower (FFN down).
     """
     layers = plan_capture(analysis).layers
     mine = [[p for p in found if p.layer == taps.layer] for taps in layers]
     streams = {p.weight: residual_stream(analysis.model, analysis.linear(p.weight).node_index) for p in found}
     read = [[name for p in projections for name in _read(p, streams)] for projections in mine]
     hidden = [taps.hidden_tensor for taps in layers]
-    original_cuts, pruned_cuts = (_layer_cuts(m, hidden, read) for m in (analysis.model, model))
+    original_cuts, pruned_cuts = (layer_cuts(m, hidden, read) for m in (analysis.model, model))
     original_state = pruned_state = None
     for position, projections in enumerate(mine):
         following = original_cuts[position + 1] if position + 1 < len(layers) else []
@@ -556,50 +558,6 @@ def _read(projection: Projection, streams: dict[str, str | None]) -> list[str]:
     """What a stream refit reads of a model: the projection's input, and the stream its output is added to."""
     stream = streams[projection.weight]
     return [projection.activations[0]] + ([stream] if stream else [])
-
-
-def _layer_cuts(model: onnx.ModelProto, hidden: list[str], read: list[list[str]]) -> list[list[str]]:
-    """Per layer, the tensors computed below it that the layer reads (its cut): the outputs of the nodes that lead
-    to the layer's input `hidden[i]` which the layer's own nodes need, to compute `read[i]` and the next layer's
-    cut. Fed with their values, a truncated model runs that layer only. A pre-norm decoder's layer reads more than
-    its normalised input (the residual stream, the attention mask, rotary tables), a fused one the two inputs of a
-    skip-add norm: this finds them all from the graph. The first layer's is empty: it runs from the graph inputs."""
-    producer = {out: node for node in model.graph.node for out in node.output if out}
-    cuts: list[list[str]] = [[] for _ in hidden]
-    for position in range(len(hidden) - 1, 0, -1):
-        below = _computed_before(producer, hidden[position])
-        wanted = read[position] + (cuts[position + 1] if position + 1 < len(hidden) else [])
-        cuts[position] = _reached(producer, wanted, below)
-    return cuts
-
-
-def _computed_before(producer: dict[str, onnx.NodeProto], tensor: str) -> set[str]:
-    """Every output of every node that `tensor` depends on (or that computes it)."""
-    nodes, seen, stack = [], set(), [tensor]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if (node := producer.get(name)) is not None:
-            nodes.append(node)
-            stack.extend(i for i in node.input if i)
-    return {out for node in nodes for out in node.output if out}
-
-
-def _reached(producer: dict[str, onnx.NodeProto], names: list[str], below: set[str]) -> list[str]:
-    """The tensors of `below` that computing `names` reads, walking back from them and stopping at `below`."""
-    reached, seen, stack = [], set(), list(names)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in below:
-            reached.append(name)
-        elif (node := producer.get(name)) is not None:
-            stack.extend(i for i in node.input if i)
-    return sorted(reached)
 
 
 def _runs(

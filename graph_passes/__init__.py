@@ -5,7 +5,15 @@ from graph_passes.dims import Blocker
 from graph_passes.errors import GraphPassError, MaskError, NotOnnxError, UnsupportedGraphError
 from graph_passes.model_io import load_model, normalize, share_equal_initializers
 from graph_passes.slicing import apply_masks, kept_along
-from graph_passes.weight_edits import initializer_behind, linear_bias, linear_biases, replace_initializers, truncated
+from graph_passes.weight_edits import (
+    computed_before,
+    initializer_behind,
+    layer_cuts,
+    linear_bias,
+    linear_biases,
+    replace_initializers,
+    truncated,
+)
 
 __all__ = [
     "Blocker",
@@ -18,8 +26,10 @@ __all__ = [
     "UnsupportedGraphError",
     "analyze",
     "apply_masks",
+    "computed_before",
     "initializer_behind",
     "kept_along",
+    "layer_cuts",
     "linear_bias",
     "linear_biases",
     "load_model",

@@ -1,4 +1,5 @@
-"""Edits that keep a graph's structure: cut it down to what some tensors need, find and replace linear weights."""
+"""Edits that keep a graph's structure: cut it down to what some tensors need (and find where to cut it a layer at a
+time), find and replace linear weights."""
 
 from __future__ import annotations
 
@@ -43,6 +44,50 @@ def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.d
     graph.initializer.extend(initializers)
     graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
     return result
+
+
+def layer_cuts(model: onnx.ModelProto, hidden: list[str], read: list[list[str]]) -> list[list[str]]:
+    """Per layer, the tensors computed below it that the layer reads (its cut): the outputs of the nodes that lead
+    to the layer's input `hidden[i]` which the layer's own nodes need, to compute `read[i]` and the next layer's
+    cut. Fed with their values, a truncated model runs that layer only. A pre-norm decoder's layer reads more than
+    its normalised input (the residual stream, the attention mask, rotary tables), a fused one the two inputs of a
+    skip-add norm: this finds them all from the graph. The first layer's is empty: it runs from the graph inputs."""
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    cuts: list[list[str]] = [[] for _ in hidden]
+    for position in range(len(hidden) - 1, 0, -1):
+        below = computed_before(producer, hidden[position])
+        wanted = read[position] + (cuts[position + 1] if position + 1 < len(hidden) else [])
+        cuts[position] = _reached(producer, wanted, below)
+    return cuts
+
+
+def computed_before(producer: dict[str, onnx.NodeProto], tensor: str) -> set[str]:
+    """Every output of every node that `tensor` depends on (or that computes it); `producer`: each tensor's node."""
+    nodes, seen, stack = [], set(), [tensor]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if (node := producer.get(name)) is not None:
+            nodes.append(node)
+            stack.extend(i for i in node.input if i)
+    return {out for node in nodes for out in node.output if out}
+
+
+def _reached(producer: dict[str, onnx.NodeProto], names: list[str], below: set[str]) -> list[str]:
+    """The tensors of `below` that computing `names` reads, walking back from them and stopping at `below`."""
+    reached, seen, stack = [], set(), list(names)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in below:
+            reached.append(name)
+        elif (node := producer.get(name)) is not None:
+            stack.extend(i for i in node.input if i)
+    return sorted(reached)
 
 
 def initializer_behind(model: onnx.ModelProto, name: str) -> str | None:

@@ -87,25 +87,62 @@ def test_a_decoder_capture_does_not_ask_for_the_logits(tmp_path):
 def test_moments_past_one_pass_are_accumulated_layer_group_by_group_into_files_and_read_back_equal(
     encoder, monkeypatch, tmp_path
 ):
-    """Each pass runs the same samples in the same runs and accumulates its layers' moments, kept in files in the
-    given folder until the statistics are released: every product equals the one-pass capture's, and scoring
-    chooses the same units."""
+    """Each pass runs the same samples in the same runs through its own layers alone, fed with what the pass below
+    computed, and accumulates their moments, kept in files in the given folder until the statistics are released:
+    every product equals the one-pass capture's (to float32 rounding: the truncated graphs are optimised apart), and
+    scoring chooses the same units."""
     analysis, data = encoder
     whole = capture(analysis, data, list(range(SAMPLES)), batch_size=5)
     monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
     monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
     assert capture_passes(analysis) == [[0], [1]]
+    sessions = []
+    opened = capture_module.cpu_session
+    monkeypatch.setattr(capture_module, "cpu_session", lambda model: sessions.append(model) or opened(model))
     seen = []
     parts = capture(analysis, data, list(range(SAMPLES)), 5, seen.append, folder=tmp_path)
     assert seen == [5, 5, 2] * 2
+    weights = [{t.name for t in model.graph.initializer if len(t.dims) == 2} for model in sessions]
+    assert len(weights) == 2 and not weights[0] & weights[1]  # each pass holds its own layers' weights only
+    assert all(any(f"layer.{layer}." in name for name in found) for layer, found in enumerate(weights))
+    assert not any("layer.1." in name for name in weights[0]) and not any("layer.0." in name for name in weights[1])
     assert isinstance(parts.layers, StoredMoments) and len(parts.layers) == 2
     assert len(list(tmp_path.glob("mi-compressor-moments-*/*.npz"))) == 4
+    assert parts.readers.keys() == whole.readers.keys()
     for mine, theirs in zip([*parts.layers, *parts.hidden], whole.layers + whole.hidden, strict=True):
+        assert mine.count == theirs.count
         for field_ in fields(theirs):
-            assert np.array_equal(getattr(mine, field_.name), getattr(theirs, field_.name)), field_.name
+            a, b = getattr(mine, field_.name), getattr(theirs, field_.name)
+            if isinstance(b, type):
+                assert a is b
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=field_.name)
+    for name, sums in whole.readers.items():
+        np.testing.assert_allclose(parts.readers[name].squares, sums.squares, rtol=1e-5)
     counts = {g.name: g.units // 2 for g in analysis.groups if g.kind in ("heads", "ffn")}
     chosen, expected = (choose_masks("mi", analysis, counts, stats) for stats in (parts, whole))
     assert all(np.array_equal(chosen[name], expected[name]) for name in expected)
     del parts
     gc.collect()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_decoder_captured_a_layer_at_a_time_matches_one_pass(tmp_path, monkeypatch):
+    """A pre-norm decoder's layers read more than their input (the residual stream, rotary tables, the attention
+    bias), and its FFN up projections read a norm's output inside the layer: all of them reach the right pass."""
+    shape = DecoderShape(layers=3, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=60, positions=32)
+    analysis = analyze(load_model(build_decoder(shape, tmp_path / "model.onnx"), referenced=True))
+    mask = (np.arange(12) < np.array([12, 3, 7, 12, 5, 9, 12, 2])[:, None]).astype(np.int64)
+    data = from_arrays(
+        {"input_ids": feeds(analysis.model, 8, 12)["input_ids"], "attention_mask": mask}, analysis.model, 8
+    )
+    whole = capture(analysis, data, list(range(8)), batch_size=3)
+    monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
+    monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
+    assert capture_passes(analysis) == [[0], [1], [2]]
+    parts = capture(analysis, data, list(range(8)), batch_size=3)
+    assert len(whole.readers) == 4 and parts.readers.keys() == whole.readers.keys()  # FFN up in each layer, lm_head
+    for mine, theirs in zip([*parts.layers, *parts.hidden], whole.layers + whole.hidden, strict=True):
+        np.testing.assert_allclose(mine.covariance(), theirs.covariance(), rtol=1e-4, atol=1e-6)
+    for name, sums in whole.readers.items():
+        np.testing.assert_allclose(parts.readers[name].squares, sums.squares, rtol=1e-5)
