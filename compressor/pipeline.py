@@ -34,7 +34,7 @@ from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, requir
 from graph_passes.external_data import DataFile, materialize_in_place, model_bytes
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.quantized_weights import float_view
-from graph_passes.sessions import check_model
+from graph_passes.sessions import check_model, return_freed_memory
 from user_errors import first_line
 
 DEFAULT_GRANULARITY = ("heads", "ffn")
@@ -172,17 +172,21 @@ def compress(
             stats = capture(analysis, data, data.by_length(scored), batch_size, advance, session, cross, workspace)
     start = timer.stage("capture", start)
     # the original's outputs that recovery and fidelity compare with, from one session: no later one is opened
-    # beside a compressed model's (refits on the original's activations open their own)
-    session = session or fidelity.session(source, exposed)
+    # beside a compressed model's (refits on the original's activations open their own). Not from one that exposes
+    # every layer's tensors: ONNX Runtime holds a run's graph outputs to its end, asked for or not (TinyLlama's
+    # shape, 16 samples: 4 GB more)
+    session = session or fidelity.session(source)
     folder = Path(workspace) if workspace else None
     checked = fidelity.reference(session, data, held_out, batch_size, folder)
     refits_checked = recovery.output_reference(session, data, scored, batch_size, folder) if recover else None
     del session
+    return_freed_memory()
     start = timer.stage("reference", start)
     chosen = scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
     masks = whole_blocks(quantized_source, analysis, chosen)
     signal = stats.top_kind if stats else None
     del stats  # a layer's moments are (units x units): released once the masks are chosen
+    return_freed_memory()
     start = timer.stage("scoring", start)
     written = DataFile(Path(workspace) / SLICED_DATA) if workspace else None  # sliced and refit weights
     pruned = apply_masks(analysis, masks, data=written)
@@ -215,6 +219,7 @@ def compress(
         pruned, masks = recovered.model, recovered.masks
         start = timer.stage("recovery", start)
     del original, refits_checked
+    return_freed_memory()
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
     fidelity_report = fidelity.compare(checked, compressed_session)

@@ -14,6 +14,8 @@ either way), and without it MLAS computes in another order (minilm-sst2's fideli
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,6 +40,19 @@ SERIALIZED_LIMIT = 2**26  # larger models are handed over as a graph with extern
 DATA_FILE = "model.onnx.data"
 EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 CPU = ["CPUExecutionProvider"]
+
+
+_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries have none
+
+
+def return_freed_memory() -> None:
+    """Hand back to the system the memory that released sessions and arrays left in the C heap. glibc keeps freed
+    blocks below its mmap threshold (which rises to 32 MB as larger blocks are freed) for reuse: after a session of
+    TinyLlama's shape ran 16 samples, 2 GB of its activations stayed resident through scoring. Elsewhere only the
+    garbage collector runs."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def fits_one_protobuf(model: onnx.ModelProto) -> bool:
