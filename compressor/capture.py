@@ -14,6 +14,7 @@ readers (wanda) sees all of them.
 from __future__ import annotations
 
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -244,6 +245,23 @@ def capture(
         hidden.extend(stats.hidden)
         found.update(stats.readers)
     return replace(stats, layers=layers, hidden=hidden, readers=found)
+
+
+def layered(
+    analysis: GraphAnalysis, names: list[str], runs: Sequence[dict[str, np.ndarray]], stream_cross: bool = True
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Each run's feeds and its tensors `names` (computed above the last layer: the outputs), the model run a group
+    of layers at a time, in capture's groups (`capture_passes`), as `capture` runs it: no session holds the whole
+    model. Every run passes through one group before the next group starts."""
+    plan = plan_capture(analysis)
+    passes = capture_passes(analysis, stream_cross)
+    starts = [positions[0] for positions in passes]
+    reads = [[] for _ in plan.layers[:-1]] + [list(names)]
+    cuts = layer_cuts(analysis.model, [t.hidden_tensor for t in plan.layers], reads)
+    state: list[dict[str, np.ndarray]] = []
+    for start in starts[1:]:
+        deque(_chained(analysis.model, [], cuts[start], runs, state), maxlen=0)
+    yield from _chained(analysis.model, names, [], runs, state)
 
 
 def _reads(plan: CapturePlan, passes: list[list[int]], readers: list[list[str]]) -> list[list[str]]:

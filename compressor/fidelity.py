@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +38,15 @@ class Reference:
     in a temporary folder (inside `folder` when given), removed with this object, and read back a run at a time: each
     model compared with the original then runs alone, never beside a session of the whole original (on TinyLlama's
     shape that pair held 11.8 GB for 4.1 GB of weights), and the original's outputs are not computed again for each
-    comparison."""
+    comparison. `outputs`: each run's feeds and the original's output on them (`outputs_of` a session, or the model
+    run a group of layers at a time, `capture.layered`)."""
 
-    def __init__(
-        self, original: ort.InferenceSession, runs: Sequence[dict[str, np.ndarray]], folder: Path | None = None
-    ) -> None:
-        self.runs = list(runs)
+    def __init__(self, outputs: Iterable[tuple[dict[str, np.ndarray], np.ndarray]], folder: Path | None = None) -> None:
+        self.runs: list[dict[str, np.ndarray]] = []
         self._folder = tempfile.TemporaryDirectory(prefix="mi-compressor-reference-", dir=folder)
-        first = [original.get_outputs()[0].name]  # the original's session may expose inner tensors as well
-        for index, feeds in enumerate(self.runs):
-            np.save(self._path(index), original.run(first, feeds)[0])
+        for feeds, output in outputs:
+            np.save(self._path(len(self.runs)), output)
+            self.runs.append(feeds)
 
     def _path(self, index: int) -> Path:
         return Path(self._folder.name) / f"{index}.npy"
@@ -58,6 +57,25 @@ class Reference:
             yield feeds, np.load(self._path(index))
 
 
+def outputs_of(
+    original: ort.InferenceSession, runs: Iterable[dict[str, np.ndarray]]
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Each run's feeds and the session's first output on them (it may expose inner tensors as well)."""
+    first = [original.get_outputs()[0].name]
+    for feeds in runs:
+        yield feeds, original.run(first, feeds)[0]
+
+
+def held_out_runs(
+    calibration: Calibration, indices: Sequence[int], width: int | None, batch_size: int = 32
+) -> list[dict[str, np.ndarray]]:
+    """The feeds of the samples `indices`, ordered by length, `batch_size` samples a run, fewer where both models'
+    outputs (`width` wide per token) would pass `RUN_BYTES` (`run_size`)."""
+    return list(
+        calibration.batches(calibration.by_length(indices), run_size(width, calibration.max_length, batch_size))
+    )
+
+
 def reference(
     original: ort.InferenceSession,
     calibration: Calibration,
@@ -65,10 +83,9 @@ def reference(
     batch_size: int = 32,
     folder: Path | None = None,
 ) -> Reference:
-    """The original's outputs on the samples `indices`, in runs ordered by length of `batch_size` samples, fewer
-    where both models' outputs would pass `RUN_BYTES` (`run_size`)."""
-    runs = run_size(original, calibration.max_length, batch_size)
-    return Reference(original, calibration.batches(calibration.by_length(indices), runs), folder)
+    """The original's outputs (from its session) on the samples `indices` (`held_out_runs`)."""
+    runs = held_out_runs(calibration, indices, output_width(original), batch_size)
+    return Reference(outputs_of(original, runs), folder)
 
 
 def compare(reference: Reference, compressed: ort.InferenceSession) -> dict:
@@ -97,12 +114,21 @@ def compare(reference: Reference, compressed: ort.InferenceSession) -> dict:
     return found
 
 
-def run_size(original: ort.InferenceSession, tokens: int, batch_size: int) -> int:
+def run_size(width: int | None, tokens: int, batch_size: int) -> int:
     """Samples per run: `batch_size`, or fewer when both models' first outputs for that many samples of `tokens`
-    tokens would pass `RUN_BYTES` (a decoder's logits: 32 samples of 256 tokens over 32,000 words are 1 GB each)."""
-    width = original.get_outputs()[0].shape[-1]
-    per_sample = 2 * 4 * tokens * (width if isinstance(width, int) else 1)
+    tokens, `width` per token (None: one), would pass `RUN_BYTES` (a decoder's logits: 32 samples of 256 tokens over
+    32,000 words are 1 GB each)."""
+    per_sample = 2 * 4 * tokens * (width or 1)
     return max(1, min(batch_size, RUN_BYTES // per_sample))
+
+
+def output_width(original: ort.InferenceSession | onnx.ModelProto) -> int | None:
+    """The last axis of the first output as the session or the model declares it; None when it is not a number."""
+    if isinstance(original, onnx.ModelProto):
+        last = original.graph.output[0].type.tensor_type.shape.dim[-1]
+        return last.dim_value if last.HasField("dim_value") else None
+    last = original.get_outputs()[0].shape[-1]
+    return last if isinstance(last, int) else None
 
 
 def _per_token_cosines(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ import resource
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import onnx
 
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
-from compressor.capture import capture, capture_names, capture_passes, plan_capture
+from compressor.capture import capture, capture_names, capture_passes, layered, plan_capture
 from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
@@ -171,14 +172,9 @@ def compress(
         with reporter.stage("capturing activations", len(scored) * passes) as advance:
             stats = capture(analysis, data, data.by_length(scored), batch_size, advance, session, cross, workspace)
     start = timer.stage("capture", start)
-    # the original's outputs that recovery and fidelity compare with, from one session: no later one is opened
-    # beside a compressed model's (refits on the original's activations open their own). Not from one that exposes
-    # every layer's tensors: ONNX Runtime holds a run's graph outputs to its end, asked for or not (TinyLlama's
-    # shape, 16 samples: 4 GB more)
-    session = session or fidelity.session(source)
-    folder = Path(workspace) if workspace else None
-    checked = fidelity.reference(session, data, held_out, batch_size, folder)
-    refits_checked = recovery.output_reference(session, data, scored, batch_size, folder) if recover else None
+    checked, refits_checked = _references(
+        analysis, source, session, data, scored, held_out, batch_size, recover, workspace
+    )
     del session
     return_freed_memory()
     start = timer.stage("reference", start)
@@ -255,6 +251,37 @@ def compress(
         report["file_bytes"]["before"] = model_bytes(quantized_source)
     report["peak_rss_gb"] = {"total": peak_rss_gb(), "after_stage": timer.peak_rss_gb}
     return CompressionResult(pruned, report, masks)
+
+
+def _references(
+    analysis: GraphAnalysis,
+    source: onnx.ModelProto,
+    session: fidelity.Session | None,
+    data: calib.Calibration,
+    scored: list[int],
+    held_out: list[int],
+    batch_size: int,
+    recover: bool,
+    workspace: str | Path | None,
+) -> tuple[fidelity.Reference, fidelity.Reference | None]:
+    """The original's outputs that fidelity (on `held_out`) and recovery's output check (on part of `scored`) compare
+    with: computed once, so that no later session of the original is opened beside a compressed model's (refits on
+    the original's activations open their own). From capture's session when it ran in one pass; else, as capture
+    then ran, a group of layers at a time (`capture.layered`): a session of the whole original, beside a run's
+    activations and logits, was the peak of `compress` on TinyLlama's shape. Never from a session that exposes every
+    layer's tensors: ONNX Runtime holds a run's graph outputs to its end, asked for or not (TinyLlama's shape, 16
+    samples: 4 GB more)."""
+    width = fidelity.output_width(source)
+    runs = fidelity.held_out_runs(data, held_out, width, batch_size)
+    checks = recovery.check_runs(data, scored, width, batch_size) if recover else []
+    first = source.graph.output[0].name
+    if session is None and len(capture_passes(analysis, False)) > 1:
+        outputs = ((feeds, values[first]) for feeds, values in layered(analysis, [first], runs + checks, False))
+    else:
+        outputs = fidelity.outputs_of(session or fidelity.session(source), runs + checks)
+    folder = Path(workspace) if workspace else None
+    checked = fidelity.Reference(islice(outputs, len(runs)), folder)
+    return checked, fidelity.Reference(outputs, folder) if recover else None
 
 
 def exposed_names(analysis: GraphAnalysis, captured: bool, refit_on_original: bool) -> list[str]:

@@ -51,7 +51,7 @@ import onnxruntime as ort
 
 from compressor.calibration import Calibration
 from compressor.capture import plan_capture, token_mask, token_rows
-from compressor.fidelity import ROWS, Reference, run_size, session
+from compressor.fidelity import ROWS, Reference, output_width, outputs_of, run_size, session
 from compressor.scoring import refit_selection
 from compressor.statistics import Moments
 from graph_passes import (
@@ -295,13 +295,14 @@ def recover(
             (_whole_model_moments(analysis.model, model, p, batches) for p in found if p.layer is None),
         )
     final, refits, written = dict(masks), [], []
+    decompositions = LastDecomposition()
     for projection in found:
         fit, check = next(moments)  # its moments are released once refit
         group = analysis.group_of_axis(projection.weight, analysis.linear(projection.weight).in_axis)
         if group is not None and group.name in chosen:
             final[group.name], refit, weights = _reselect(analysis, group, projection, fit, check, masks)
         else:
-            refit, weights = _refit(projection, fit, check)
+            refit, weights = _refit(projection, fit, check, decompositions)
         if refit.applied or group is not None and group.name in chosen:
             _write(model, projection, weights, data)
             written.append(projection)
@@ -616,19 +617,27 @@ def output_reference(
     batch_size: int = 32,
     folder: Path | None = None,
 ) -> Reference:
-    """The original's first output on the samples that `recover` holds out of `indices` (`_batches`), for the
-    output error: a few samples a run where both models' outputs would pass `RUN_BYTES` (`fidelity.run_size`)."""
+    """The original's first output, from its session, on the samples that `recover` holds out (`check_runs`)."""
+    return Reference(outputs_of(original, check_runs(calibration, indices, output_width(original), batch_size)), folder)
+
+
+def check_runs(
+    calibration: Calibration, indices: Sequence[int], width: int | None, batch_size: int = 32
+) -> list[dict[str, np.ndarray]]:
+    """The feeds of the samples that `recover` holds out of `indices` (`_batches`), for the output error: its
+    held-out batches, a few samples a run where both models' outputs (`width` per token) would pass `RUN_BYTES`
+    (`fidelity.run_size`)."""
     runs = []
     for batch in _batches(calibration, indices, batch_size):
         if not batch.held_out:
             continue
         samples = len(next(iter(batch.feeds.values())))
-        step = run_size(original, 1 if batch.tokens is None else batch.tokens.shape[1], samples)
+        step = run_size(width, 1 if batch.tokens is None else batch.tokens.shape[1], samples)
         runs += [
             {name: value[start : start + step] for name, value in batch.feeds.items()}
             for start in range(0, samples, step)
         ]
-    return Reference(original, runs, folder)
+    return runs
 
 
 def _output_error(reference: Reference, model: onnx.ModelProto) -> float:
@@ -718,7 +727,9 @@ def _squared_error(a: np.ndarray, xx: np.ndarray, xy: np.ndarray, yy: float) -> 
     return float(np.sum(a * (xx @ a)) - 2 * np.sum(a * xy) + yy)
 
 
-def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit, np.ndarray]:
+def _refit(
+    projection: Projection, fit: Moments, check: Moments, decompositions: LastDecomposition | None = None
+) -> tuple[Refit, np.ndarray]:
     """The ridge λ that does best on held-out tokens, and whether it beats the plain slice; the weights applied are
     then solved with that λ on all calibration tokens (fit and held-out), the error reported is the held-out one."""
     inputs, width = len(projection.rows), projection.width
@@ -727,7 +738,7 @@ def _refit(projection: Projection, fit: Moments, check: Moments) -> tuple[Refit,
     current = projection.sliced()
     before = _squared_error(current, *held_out) / energy
     best_error, best_ridge = before, 0.0
-    path = RidgePath(fit, check, projection.has_bias) if fit.count and projection.skip is None else None
+    path = RidgePath(fit, check, projection.has_bias, decompositions) if fit.count and projection.skip is None else None
     for ridge in RIDGES if path else ():
         error = path.error(ridge)
         if error is not None and error / energy < best_error:
@@ -760,7 +771,9 @@ class RidgePath:
     costs a product of n numbers with an n x n matrix instead of a solve with every target column (the FFN's up
     projection refit as a reader has 4 outputs per input). s is the mean second moment of the inputs."""
 
-    def __init__(self, fit: Moments, check: Moments, has_bias: bool) -> None:
+    def __init__(
+        self, fit: Moments, check: Moments, has_bias: bool, decompositions: LastDecomposition | None = None
+    ) -> None:
         fit_n, check_n = max(fit.count, 1), max(check.count, 1)
         self.has_bias = has_bias
         self.scale = max(float(np.mean(fit.second_moment_diag())), 1e-12)
@@ -775,7 +788,7 @@ class RidgePath:
         else:
             second, cross = fit.gram / fit_n, fit.cross / fit_n
             held, held_cross, self.energy = check.gram / check_n, check.cross / check_n, check.partner_squares / check_n
-        self.values, self.vectors = np.linalg.eigh(second)
+        self.values, self.vectors = (decompositions or LastDecomposition()).of(second)
         self.rotated = self.vectors.T @ cross
         self.quadratic = (self.vectors.T @ held @ self.vectors) * (self.rotated @ self.rotated.T)
         self.linear = np.sum(self.rotated * (self.vectors.T @ held_cross), axis=1)
@@ -793,6 +806,23 @@ class RidgePath:
         """The weights (and bias row) solved on the fit moments with `ridge`."""
         weights = self.vectors @ (self.rotated * self._weights(ridge)[:, None])
         return np.vstack([weights, self.y_mean - self.x_mean @ weights]) if self.has_bias else weights
+
+
+class LastDecomposition:
+    """The eigendecomposition of the last fit system, for the next refit whose system is the same: Q, K and V (gate
+    and up) read one tensor, so their fits' input moments are equal, to the bit. One is held at a time: on
+    TinyLlama's shape that is two eigendecompositions of 2,048 columns a layer where there were five, and never every
+    layer's at once."""
+
+    def __init__(self) -> None:
+        self._system: np.ndarray | None = None
+        self._found: tuple[np.ndarray, np.ndarray] | None = None
+
+    def of(self, system: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(eigenvalues, eigenvectors) of the symmetric `system`."""
+        if self._system is None or self._system.shape != system.shape or not np.array_equal(self._system, system):
+            self._system, self._found = system, np.linalg.eigh(system)
+        return self._found
 
 
 def _solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarray | None:

@@ -20,9 +20,11 @@ from compressor.capture import (
     capture_names,
     capture_passes,
     capture_session,
+    layered,
     plan_capture,
     run_size,
 )
+from compressor.pipeline import compress
 from compressor.scoring import choose_masks
 from graph_passes import analyze, load_model
 
@@ -146,3 +148,34 @@ def test_a_decoder_captured_a_layer_at_a_time_matches_one_pass(tmp_path, monkeyp
         np.testing.assert_allclose(mine.covariance(), theirs.covariance(), rtol=1e-4, atol=1e-6)
     for name, sums in whole.readers.items():
         np.testing.assert_allclose(parts.readers[name].squares, sums.squares, rtol=1e-5)
+
+
+def test_outputs_computed_a_group_of_layers_at_a_time_equal_the_whole_model_s(tmp_path, monkeypatch):
+    """`layered` gives each run's logits as a session of the whole model does, each group's session holding its
+    own layers' weights only; and `compress` on such a model reports the fidelity it reports from one session."""
+    shape = DecoderShape(layers=3, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=60, positions=32)
+    path = build_decoder(shape, tmp_path / "model.onnx")
+    analysis = analyze(load_model(path, referenced=True))
+    runs = [feeds(analysis.model, 4, 12), feeds(analysis.model, 3, 5)]
+    session = capture_session(analysis.model, [])
+    monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
+    monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
+    sessions = []
+    opened = capture_module.cpu_session
+    monkeypatch.setattr(capture_module, "cpu_session", lambda model: sessions.append(model) or opened(model))
+    found = list(layered(analysis, ["logits"], runs))
+    assert [f for f, _ in found] == runs and len(sessions) == 3
+    for model in sessions:
+        assert sum(t.name.endswith("q_proj.weight") for t in model.graph.initializer) == 1
+    for run, (_, values) in zip(runs, found):
+        np.testing.assert_allclose(values["logits"], session.run(["logits"], run)[0], rtol=1e-5, atol=1e-5)
+    (tmp_path / "layered").mkdir()
+    layered_report = compress(path, keep=0.5, samples=40, max_length=12, workspace=tmp_path / "layered").report
+    monkeypatch.undo()
+    whole_report = compress(path, keep=0.5, samples=40, max_length=12).report
+    assert layered_report["fidelity"]["samples"] == whole_report["fidelity"]["samples"] == 16
+    assert layered_report["fidelity"]["mean_cosine"] == pytest.approx(whole_report["fidelity"]["mean_cosine"], rel=1e-4)
+    for kind in ("sliced", "refit"):
+        assert layered_report["recovery"]["output_error"][kind] == pytest.approx(
+            whole_report["recovery"]["output_error"][kind], rel=1e-3
+        )

@@ -52,7 +52,8 @@ def test_large_outputs_are_compared_a_few_samples_a_run(tmp_path, monkeypatch):
     whole = fidelity.compare(fidelity.reference(original, data, list(range(8)), batch_size=8), other)
     assert whole["samples"] == 8
     monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * data.max_length * shape.vocab * 3)
-    assert fidelity.run_size(original, data.max_length, 8) == 3
+    assert fidelity.run_size(fidelity.output_width(original), data.max_length, 8) == 3
+    assert fidelity.output_width(model) == shape.vocab
     parts = fidelity.reference(original, data, list(range(8)), batch_size=8)
     assert [len(feeds["input_ids"]) for feeds in parts.runs] == [3, 3, 2]
     assert fidelity.compare(parts, other) == whole

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import tiny_decoders
 import tiny_models
 from onnx import numpy_helper
 
@@ -344,3 +345,25 @@ def test_refit_weights_written_to_a_data_file_equal_those_held_in_memory(tmp_pat
     np.testing.assert_array_equal(
         cpu_session(written.model).run(None, batch)[0], cpu_session(held.model).run(None, batch)[0]
     )
+
+
+def test_projections_that_read_one_tensor_share_one_eigendecomposition(decoder_cache, tmp_path, monkeypatch):
+    """Q, K and V (gate and up) read one tensor: their refits decompose its moments once (`LastDecomposition`), and
+    give the weights that decomposing them for each projection gives, to the bit."""
+    analysis, masks, data = tiny_decoders.half_pruned(decoder_cache("llama")[1], tmp_path)
+    indices = list(range(len(data)))
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda matrix: calls.append(len(matrix)) or eigh(matrix))
+
+    def refit() -> tuple[dict[str, np.ndarray], int]:
+        calls.clear()
+        result = recovery.recover(analysis, apply_masks(analysis, masks), masks, data, indices, 8, None, "stream")
+        return {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}, len(calls)
+
+    shared, once = refit()
+    monkeypatch.setattr(recovery.LastDecomposition, "of", lambda self, system: np.linalg.eigh(system))
+    alone, each = refit()
+    layers = len({g.layer for g in analysis.groups if g.kind == "heads"})
+    assert each - once == 3 * layers  # Q, K, V: one instead of three; gate and up: one instead of two
+    assert shared.keys() == alone.keys() and all(np.array_equal(shared[n], alone[n]) for n in shared)
