@@ -76,18 +76,6 @@ def held_out_runs(
     )
 
 
-def reference(
-    original: ort.InferenceSession,
-    calibration: Calibration,
-    indices: Sequence[int],
-    batch_size: int = 32,
-    folder: Path | None = None,
-) -> Reference:
-    """The original's outputs (from its session) on the samples `indices` (`held_out_runs`)."""
-    runs = held_out_runs(calibration, indices, output_width(original), batch_size)
-    return Reference(outputs_of(original, runs), folder)
-
-
 def compare(reference: Reference, compressed: ort.InferenceSession) -> dict:
     """Mean cosine between the original's first output (`reference`) and the compressed model's (per sentence, or
     per unpadded token); for classifiers the fraction of samples on which the predicted class agrees; for per-token

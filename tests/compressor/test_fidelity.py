@@ -10,8 +10,8 @@ from bench.large_models import DecoderShape, build_decoder
 from bench.workload import feeds
 from compressor import fidelity, recovery
 from compressor.calibration import from_arrays
-from graph_passes import load_model
 from compressor.fidelity import _cosine, _mean_pooled, _per_token_cosines, _positions
+from graph_passes import load_model
 
 
 def test_mean_pooling_ignores_padded_tokens():
@@ -40,6 +40,10 @@ def test_per_token_cosines_a_few_rows_at_a_time_equal_the_whole_batch_exactly(mo
         assert np.array_equal(sentences, _cosine(_mean_pooled(a, mask), _mean_pooled(b, mask)))
 
 
+def held_out_runs(data, width: int | None) -> list[dict]:
+    return fidelity.held_out_runs(data, list(range(8)), width, batch_size=8)
+
+
 def test_large_outputs_are_compared_a_few_samples_a_run(tmp_path, monkeypatch):
     """A decoder whose two models' logits for a batch would pass RUN_BYTES is run a few samples at a time, with the
     same cosines as one batch."""
@@ -49,12 +53,13 @@ def test_large_outputs_are_compared_a_few_samples_a_run(tmp_path, monkeypatch):
     data = from_arrays({"input_ids": feeds(model, 8, 12)["input_ids"], "attention_mask": mask}, model, 8)
     original = fidelity.session(model)
     other = fidelity.session(load_model(build_decoder(shape, tmp_path / "other" / "model.onnx", seed=1)))
-    whole = fidelity.compare(fidelity.reference(original, data, list(range(8)), batch_size=8), other)
+    width = fidelity.output_width(original)
+    whole = fidelity.compare(fidelity.Reference(fidelity.outputs_of(original, held_out_runs(data, width))), other)
     assert whole["samples"] == 8
     monkeypatch.setattr(fidelity, "RUN_BYTES", 2 * 4 * data.max_length * shape.vocab * 3)
     assert fidelity.run_size(fidelity.output_width(original), data.max_length, 8) == 3
     assert fidelity.output_width(model) == shape.vocab
-    parts = fidelity.reference(original, data, list(range(8)), batch_size=8)
+    parts = fidelity.Reference(fidelity.outputs_of(original, held_out_runs(data, width)))
     assert [len(feeds["input_ids"]) for feeds in parts.runs] == [3, 3, 2]
     assert fidelity.compare(parts, other) == whole
 
