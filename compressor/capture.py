@@ -302,10 +302,10 @@ def _chained(
     session = cpu_session(truncated(model, computed, cut))
     inputs = [i.name for i in session.get_inputs()]
     for index, feeds in enumerate(runs):
-        given = {**feeds, **(state[index] if cut else {})}
+        given = {**feeds, **(state[index] if index < len(state) else {})}
         values = {**given, **dict(zip(computed, session.run(computed, {name: given[name] for name in inputs})))}
         kept = {name: values[name] for name in following}
-        if cut:
+        if index < len(state):
             state[index] = kept
         else:
             state.append(kept)
