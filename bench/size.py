@@ -138,12 +138,15 @@ def size_markdown(rows: list[dict]) -> list[str]:
         ),
         "",
         "| model | commit | parameters | weights GB | samples x tokens | wall s | peak RSS GB | peak / weights | by "
-        + "stage: analyze / capture / recovery / fidelity |",
+        + "stage: analyze / capture / reference / recovery / fidelity |",
         "|---|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for row in rows:
         stages = row["peak_rss_gb_after_stage"]
-        by_stage = " / ".join(f"{stages.get(s, 0):.2f}" for s in ("analyze", "capture", "recovery", "fidelity"))
+        by_stage = " / ".join(
+            f"{stages[s]:.2f}" if s in stages else "-"
+            for s in ("analyze", "capture", "reference", "recovery", "fidelity")
+        )
         calibration = row.get("calibration", {"samples": 32, "tokens": 32})
         lines.append(
             f"| {row['name']} | {row.get('commit', '-')} | {row['parameters'] / 1e6:.0f} M | {row['weights_gb']:.2f} | "
@@ -158,19 +161,19 @@ def size_markdown(rows: list[dict]) -> list[str]:
 
 
 NOTES = """\
-What each stage holds on TinyLlama's shape (d434c52, VmRSS sampled every 20 s): capture 7.2 GB (a session of the
-whole original, whose copy of the 4.1 GB of weights is about 6 GB of anonymous memory, with one pass's moments and one
-run's tensors, 1 GiB each at most); the refits 3.6-4.5 GB (both models run a layer at a time from files, each
-projection's original weights read when it is refit, refit weights written to the workspace's data file); recovery's
-closing output check 10.8 GB and fidelity 11.8 GB (sessions of the whole original and of a pruned model side by side).
-The same code before those three recovery changes held 13-15.5 GB through the refits (a session of the original, a
-float32 copy of every projection's weights and every refit weight in memory; the run was stopped there). From bert-mini
-to bert-large the peak falls from 6.4x to 4.2x the weights (0.28 to 5.32 GB); TinyLlama's shape is at 2.9x.
-Issue 15's 1.5x is not met: what is left is ONNX Runtime's copy of the whole original in capture, the FLOPs probe and
-fidelity (a session without prepacked weights, which maps them from the file, and fidelity running one model at a time
-are the next steps; neither is measured). Time, 31 min on the quiet machine against the 20 asked: capture 5.5 min,
-scoring 5, recovery 19 (stream refits of every projection with `mi` choosing the units again; the earlier row's refits
-of two projections per layer took 7.5 min on the loaded machine)."""
+TinyLlama's shape on c2cbe67 (VmRSS sampled every 5 s, and the report's stages): 5.18 GB at the peak, 1.26x the
+weights (issue 15 asks at most 1.5x: met). The shape probe holds a session of the whole original (4.25 GB), the
+FLOPs probe the same with every tensor of one sample exposed (4.86 GB, shown under capture); capture runs each group
+of layers alone, fed with what the group below computed (3.7 GB: one group's weights, one pass's
+moments, one run's tensors, the cut tensors of every run); the original's outputs for recovery's output check and for
+fidelity are computed once the same way and kept in files, so no compressed model runs beside a session of the
+original; scoring holds one layer's moments (3.9 GB); the refits 2.3-4.0 GB, and the peak, 5.18 GB, is recovery's
+output check (the refit model's session and a run of its logits). On d434c52 the same model peaked at 11.76 GB:
+capture 7.2 (a session of the whole original beside the moments), the output check 10.8 and fidelity 11.8 (sessions
+of the whole original and of a pruned model side by side). Time: 28.7 min against the 20 asked (not met): capture
+2.6 min (5.5 on d434c52: each layer is now computed once, not once a pass), scoring 5.1, recovery 19.9 (stream refits
+of every projection, `mi` choosing each layer's units again: eigendecompositions and the reselection's eliminations
+of 5,632 neurons dominate, and the float64 products of each refit's inputs)."""
 
 
 def main() -> None:
