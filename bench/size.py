@@ -173,7 +173,12 @@ capture 7.2 (a session of the whole original beside the moments), the output che
 of the whole original and of a pruned model side by side). Time: 28.7 min against the 20 asked (not met): capture
 2.6 min (5.5 on d434c52: each layer is now computed once, not once a pass), scoring 5.1, recovery 19.9 (stream refits
 of every projection, `mi` choosing each layer's units again: eigendecompositions and the reselection's eliminations
-of 5,632 neurons dominate, and the float64 products of each refit's inputs)."""
+of 5,632 neurons dominate, and the float64 products of each refit's inputs). How it grows with depth at TinyLlama's
+width (4 / 11 / 22 layers, 1.15 / 2.30 / 4.10 GB of weights): peaks 4.33 / 4.24 / 5.18 GB (3.78x / 1.85x / 1.26x), a
+working set of one layer that depth does not change (scoring's float64 systems of 7,680 units: 4.3 GB, the peak of
+the 4-layer model) under the sessions of the whole original at the shape and FLOPs probes, which grow with the
+weights (1.05-1.2x); wall time 590 / 1039 / 1724 s, close to linear in depth (about 70 s a layer, 50 of them
+recovery's), the first two an upper bound (a test run shared the cores)."""
 
 
 def main() -> None:
