@@ -108,8 +108,9 @@ def compress(
     the held-out samples and seeds `method="random"`. `workspace`: a folder that receives the sliced weights of a
     model whose weights lie in external data files, so that they are not held in memory (the returned model then
     refers to them there, and to the input's files for the weights left whole; the command line writes it, then
-    removes the folder), and capture's moments when they are too many for one pass (`capture.capture_passes`).
-    Without it the returned model holds all its weights.
+    removes the folder), capture's moments when they are too many for one pass (`capture.capture_passes`), and the
+    original's outputs that recovery and fidelity compare with (`fidelity.Reference`). Without it the returned model
+    holds all its weights, and those files go to the system's temporary folder.
     """
     reporter = Reporter(quiet)
     timer = Timer()
