@@ -152,17 +152,15 @@ def _activations(analysis: GraphAnalysis, weight: str) -> tuple[str, ...]:
 def capture_names(plan: CapturePlan) -> list[str]:
     """The tensors capture reads (the output only when a head's input is summarised against it: a decoder's logits
     are the largest tensor of a run, and capture does not read them)."""
-    return _names(plan, plan.layers, last=True)
+    return _names(plan, plan.layers, True, plan.reader_inputs)
 
 
-def _names(plan: CapturePlan, taps: list[LayerTaps], last: bool, readers: Sequence[str] | None = None) -> list[str]:
+def _names(plan: CapturePlan, taps: list[LayerTaps], last: bool, readers: Sequence[str]) -> list[str]:
     """What a pass over the layers `taps` reads, in the order it asks for them: the inputs of the stream's other
-    readers (`readers`, by default all of them on the `last` pass); the `last` pass also the head's input and the
-    output."""
+    `readers` it computes; the `last` pass also the head's input and the output."""
     names = [n for t in taps for use in t.applications for n in use]
-    readers = list(plan.reader_inputs if last else []) if readers is None else list(readers)
     head = [plan.output, plan.top_hidden] if plan.top_hidden and last else []
-    return names + head + readers
+    return names + head + list(readers)
 
 
 def capture_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
@@ -267,7 +265,7 @@ def layered(
 def _reads(plan: CapturePlan, passes: list[list[int]], readers: list[list[str]]) -> list[list[str]]:
     """Per layer, the tensors a pass reads there; a pass's last layer also what the pass reads above its layers
     (the readers' inputs, and on the last pass the head's input and the output)."""
-    reads = [_names(plan, [taps], last=False, readers=()) for taps in plan.layers]
+    reads = [_names(plan, [taps], False, ()) for taps in plan.layers]
     for number, positions in enumerate(passes):
         last = number + 1 == len(passes)
         reads[positions[-1]] = _names(plan, [plan.layers[positions[-1]]], last, readers[number])

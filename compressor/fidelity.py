@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from compressor.calibration import Calibration
-from compressor.capture import RUN_BYTES, token_mask
+from compressor.capture import RUN_BYTES, batch_length, token_mask
 from compressor.decoder import fit_empty_caches
 from graph_passes.sessions import cpu_session
 
@@ -93,7 +93,7 @@ def compare(reference: Reference, compressed: ort.InferenceSession) -> dict:
             agree.append(a.argmax(axis=-1) == b.argmax(axis=-1))
         cosines.append(_cosine(a.reshape(len(a), -1), b.reshape(len(b), -1)))
     found = {
-        "samples": sum(len(next(iter(feeds.values()))) for feeds in reference.runs),
+        "samples": sum(batch_length(feeds) for feeds in reference.runs),
         "prediction_agreement": float(np.concatenate(agree).mean()) if agree else None,
         "mean_cosine": float(np.concatenate(cosines).mean()),
     }

@@ -50,7 +50,7 @@ import onnx
 import onnxruntime as ort
 
 from compressor.calibration import Calibration
-from compressor.capture import plan_capture, token_mask, token_rows
+from compressor.capture import batch_length, plan_capture, token_mask, token_rows
 from compressor.fidelity import ROWS, Reference, output_width, outputs_of, run_size, session
 from compressor.scoring import refit_selection
 from compressor.statistics import Moments
@@ -631,7 +631,7 @@ def check_runs(
     for batch in _batches(calibration, indices, batch_size):
         if not batch.held_out:
             continue
-        samples = len(next(iter(batch.feeds.values())))
+        samples = batch_length(batch.feeds)
         step = run_size(width, 1 if batch.tokens is None else batch.tokens.shape[1], samples)
         runs += [
             {name: value[start : start + step] for name, value in batch.feeds.items()}
