@@ -10,6 +10,7 @@ from compressor.scoring import (
     RefitLoss,
     _conditioned,
     _eliminate,
+    _remove,
     layer_masks,
     refit_selection,
     top_k,
@@ -153,10 +154,22 @@ def test_refit_loss_is_what_a_least_squares_refit_of_the_rest_loses():
     full = _refit_error(units, target)
     for widths in (np.ones(6, dtype=int), np.array([2, 2, 2])):
         starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
-        loss = RefitLoss(second, cross).losses([np.linalg.inv(second)], widths, np.arange(6))
+        system = RefitLoss(second, cross)
+        loss = system.losses(system.inverted(), widths, np.arange(6))
         for start, width, value in zip(starts, widths, loss):
             rest = np.setdiff1d(np.arange(6), np.arange(start, start + width))
             assert np.isclose(value, _refit_error(units[:, rest], target) - full, rtol=1e-6)
+
+
+def test_a_removal_leaves_the_precision_and_the_refit_weights_of_the_rest():
+    """The Schur step on [Σ⁻¹ | Σ⁻¹ C] gives what inverting and solving over the kept units alone gives."""
+    rng = np.random.default_rng(8)
+    units = rng.standard_normal((2_000, 7)) @ rng.standard_normal((7, 7))
+    second, cross = units.T @ units / len(units), units.T @ rng.standard_normal((2_000, 3)) / len(units)
+    keep = np.array([True, False, True, True, False, True, True])
+    state = _remove(RefitLoss(second, cross).inverted()[0], keep)
+    rest = np.linalg.inv(second[np.ix_(keep, keep)])
+    assert np.allclose(state[:, :5], rest) and np.allclose(state[:, 5:], rest @ cross[keep])
 
 
 def test_refit_selection_keeps_one_of_two_copies_and_the_unit_the_target_needs():
