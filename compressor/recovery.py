@@ -527,7 +527,8 @@ def _mapped_moments(
     pruned model's `values`, against the original tensor z they read (`original`, per batch), once for all of them;
     each projection's own then follow from its weights (`Moments.mapped`), without computing its outputs."""
     name = run[0].activations[0]
-    fit, check = (Moments(len(run[0].rows), run[0].inputs, track_partner=True) for _ in range(2))
+    # only held-out errors need ‖y‖², and the products of z that give it
+    fit, check = Moments(len(run[0].rows), run[0].inputs), Moments(len(run[0].rows), run[0].inputs, track_partner=True)
     for index, (batch, found) in enumerate(zip(batches, values)):
         (check if batch.held_out else fit).add(token_rows(found[name], batch.tokens), original[index])
     for projection in run:
@@ -788,9 +789,9 @@ class RidgePath:
         else:
             second, cross = fit.gram / fit_n, fit.cross / fit_n
             held, held_cross, self.energy = check.gram / check_n, check.cross / check_n, check.partner_squares / check_n
-        self.values, self.vectors = (decompositions or LastDecomposition()).of(second)
+        self.values, self.vectors, held_rotated = (decompositions or LastDecomposition()).of(second, held)
         self.rotated = self.vectors.T @ cross
-        self.quadratic = (self.vectors.T @ held @ self.vectors) * (self.rotated @ self.rotated.T)
+        self.quadratic = held_rotated * (self.rotated @ self.rotated.T)
         self.linear = np.sum(self.rotated * (self.vectors.T @ held_cross), axis=1)
 
     def _weights(self, ridge: float) -> np.ndarray | None:
@@ -809,20 +810,25 @@ class RidgePath:
 
 
 class LastDecomposition:
-    """The eigendecomposition of the last fit system, for the next refit whose system is the same: Q, K and V (gate
-    and up) read one tensor, so their fits' input moments are equal, to the bit. One is held at a time: on
-    TinyLlama's shape that is two eigendecompositions of 2,048 columns a layer where there were five, and never every
-    layer's at once."""
+    """The eigendecomposition of the last fit system, and the held-out system in its basis, for the next refit whose
+    systems are the same: Q, K and V (gate and up) read one tensor, so their input moments are equal, to the bit. One
+    is held at a time: on TinyLlama's shape that is two eigendecompositions of 2,048 columns a layer where there
+    were five, and never every layer's at once."""
 
     def __init__(self) -> None:
-        self._system: np.ndarray | None = None
-        self._found: tuple[np.ndarray, np.ndarray] | None = None
+        self._systems: tuple[np.ndarray, np.ndarray] | None = None
+        self._found: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def of(self, system: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(eigenvalues, eigenvectors) of the symmetric `system`."""
-        if self._system is None or self._system.shape != system.shape or not np.array_equal(self._system, system):
-            self._system, self._found = system, np.linalg.eigh(system)
+    def of(self, system: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(eigenvalues, eigenvectors V) of the symmetric `system`, and Vᵀ `held` V."""
+        if self._systems is None or not all(map(_same, self._systems, (system, held))):
+            values, vectors = np.linalg.eigh(system)
+            self._systems, self._found = (system, held), (values, vectors, vectors.T @ held @ vectors)
         return self._found
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b)
 
 
 def _solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarray | None:

@@ -88,8 +88,8 @@ class Moments:
         return part
 
     def mapped(self, weights: np.ndarray, bias: np.ndarray) -> Moments:
-        """The moments of x against y = z W + b, from these of x against z (whose y yᵀ products are tracked): what
-        a projection W of z would give, without computing y row by row."""
+        """The moments of x against y = z W + b, from these of x against z: what a projection W of z would give,
+        without computing y row by row. ‖y‖² follows from z's products: NaN where they are not tracked."""
         weights, bias = weights.astype(np.float64), bias.astype(np.float64)
         part = Moments(self.dim, weights.shape[1], precision=self.precision)
         part.count, part.total, part.shift = self.count, self.total, self.shift
@@ -97,11 +97,14 @@ class Moments:
         part.partner_total = self.partner_total @ weights + self.count * bias
         part.centred_cross = self.centred_cross.astype(np.float64) @ weights
         part.centred_gram = self.centred_gram
+        part.partner_squares = self._mapped_squares(weights, part.partner_shift) if self.track_partner else np.nan
+        return part
+
+    def _mapped_squares(self, weights: np.ndarray, shifted: np.ndarray) -> float:
+        """Σ ‖z W + b‖² from z's tracked products, `shifted` being t W + b."""
         centred_total = self.partner_total - self.count * self.partner_shift.astype(np.float64)
         spread = np.einsum("ij,ij->", weights, self.centred_partner_gram.astype(np.float64) @ weights)
-        shifted = part.partner_shift
-        part.partner_squares = float(spread + 2 * shifted @ (centred_total @ weights) + self.count * shifted @ shifted)
-        return part
+        return float(spread + 2 * shifted @ (centred_total @ weights) + self.count * shifted @ shifted)
 
     def _gram_about(self, shift: np.ndarray) -> np.ndarray:
         return _about(self.centred_gram, self.count, (self.total, self.shift, shift), (self.total, self.shift, shift))

@@ -46,11 +46,15 @@ def test_moments_mapped_through_a_projection_equal_those_of_its_outputs():
     rng = np.random.default_rng(9)
     x, z = rng.standard_normal((300, 4)) + 3.0, rng.standard_normal((300, 6)) - 1.0
     weights, bias = rng.standard_normal((6, 5)), rng.standard_normal(5)
-    through, direct = Moments(4, 6, track_partner=True), Moments(4, 5)
+    through, untracked, direct = Moments(4, 6, track_partner=True), Moments(4, 6), Moments(4, 5)
     for rows in (slice(0, 120), slice(120, 300)):
         through.add(x[rows], z[rows])
+        untracked.add(x[rows], z[rows])
         direct.add(x[rows], z[rows] @ weights + bias)
     mapped = through.mapped(weights, bias)
+    blind = untracked.mapped(weights, bias)  # all but ‖y‖², which needs z zᵀ
+    np.testing.assert_array_equal(blind.cross, mapped.cross)
+    assert np.isnan(blind.partner_squares)
     np.testing.assert_allclose(mapped.gram, direct.gram)
     np.testing.assert_allclose(mapped.cross, direct.cross)
     np.testing.assert_allclose(mapped.partner_total, direct.partner_total)
