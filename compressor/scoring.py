@@ -15,6 +15,7 @@ import numpy as np
 
 from compressor import budget
 from compressor.capture import CapturedStats, LayerTaps
+from compressor.statistics import Moments
 from graph_passes import ChannelGroup, GraphAnalysis, kept_along
 
 METHODS = ("mi", "magnitude", "wanda", "random")
@@ -86,14 +87,14 @@ def _top_down(
     hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)
     for i in reversed(range(len(layers))):
         taps = layers[i]
-        read = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
+        written, reads = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
         units = analysis.group(taps.heads).units, taps.ffn_size
         wanted = counts.get(taps.heads, units[0]), counts.get(taps.ffn, units[1])
-        covariance, gram = stats.layers[i].covariance(), read @ read.T
+        systems = read_systems(stats.layers[i], written, reads, units)
         if losses is None or i == len(layers) - 1:  # the top layer is read by no layer: another currency
-            masks[taps.heads], masks[taps.ffn] = layer_masks(covariance, gram, units, wanted)
+            masks[taps.heads], masks[taps.ffn] = layer_masks(systems, units, wanted)
         else:
-            for name, (mask, loss) in zip((taps.heads, taps.ffn), layer_curves(covariance, gram, units, wanted)):
+            for name, (mask, loss) in zip((taps.heads, taps.ffn), layer_curves(systems, units, wanted)):
                 masks[name] = mask
                 if not analysis.group(name).cache:  # a decoder's KV heads keep one count in every layer
                     losses[name] = loss
@@ -108,28 +109,51 @@ def _top_down(
     return masks
 
 
+def read_systems(
+    moments: Moments, written: np.ndarray, reads: np.ndarray | None, units: tuple[int, int]
+) -> tuple[ReadLoss, ReadLoss]:
+    """The `ReadLoss` systems of a layer's two kinds of units (heads' dimensions, then neurons): their covariance
+    (of `moments`, over the layer's units) and G = (W R)(W R)ᵀ, W their rows of `written`, R `reads` (`_read_through`).
+    Only the two diagonal blocks are formed, each kind being eliminated against its own kind only."""
+    dims = [kind for kind, _ in _layer_kinds(moments.dim, units)]
+    grams = _read_grams([written[kind] for kind in dims], reads)
+    return tuple(ReadLoss(_ridge(moments.restricted(kind).covariance()), gram) for kind, gram in zip(dims, grams))
+
+
+def _read_grams(parts: list[np.ndarray], reads: np.ndarray | None) -> list[np.ndarray]:
+    """(W R)(W R)ᵀ for each W of `parts`, taken through the narrower of R's columns and its rows: as W (R Rᵀ) Wᵀ
+    where the kept units above read more columns than the stream has channels (TinyLlama's shape: about 6,900 over
+    2,048, less than half the multiply-adds of forming W R); R is the identity when None."""
+    if reads is None:
+        return [part @ part.T for part in parts]
+    if reads.shape[1] > reads.shape[0]:
+        through = reads @ reads.T
+        return [part @ through @ part.T for part in parts]
+    return [(read := part @ reads) @ read.T for part in parts]
+
+
 def layer_masks(
-    covariance: np.ndarray, gram: np.ndarray, units: tuple[int, int], wanted: tuple[int, int]
+    systems: tuple[ReadLoss, ReadLoss], units: tuple[int, int], wanted: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Kept heads and kept neurons of one layer. `covariance` and `gram` (G = (W R)(W R)ᵀ) run over the layer's
-    units U: the heads' dimensions (units[0] equal blocks), then the neurons (units[1]); each kind is eliminated
-    against its own kind only."""
+    """Kept heads and kept neurons of one layer, from the systems of its heads' dimensions (units[0] equal blocks)
+    and of its neurons (units[1]), each kind eliminated against its own kind only."""
+    size = sum(len(system.covariance) for system in systems)
     return tuple(
-        _eliminate([ReadLoss(_ridge(covariance[np.ix_(dims, dims)]), gram[np.ix_(dims, dims)])], blocks, target)
-        for (dims, blocks), target in zip(_layer_kinds(len(covariance), units), wanted)
+        _eliminate([system], blocks, target)
+        for system, (_, blocks), target in zip(systems, _layer_kinds(size, units), wanted)
     )
 
 
 def layer_curves(
-    covariance: np.ndarray, gram: np.ndarray, units: tuple[int, int], wanted: tuple[int, int]
+    systems: tuple[ReadLoss, ReadLoss], units: tuple[int, int], wanted: tuple[int, int]
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Per kind (heads, then neurons) of one layer: the `wanted` units kept longest when the kind is eliminated down
     to one unit, and the losses of the units removed on the way, ascending. The losses are variance read by the
     layer above (`ReadLoss`), which reads a stream normalized by a LayerNorm in every layer: one currency for all
     layers and both kinds, so that global allocation can compare them. One elimination gives both."""
     found = []
-    for (dims, blocks), count in zip(_layer_kinds(len(covariance), units), wanted):
-        system = ReadLoss(_ridge(covariance[np.ix_(dims, dims)]), gram[np.ix_(dims, dims)])
+    size = sum(len(system.covariance) for system in systems)
+    for system, (_, blocks), count in zip(systems, _layer_kinds(size, units), wanted):
         _, removed, order = _removal([system], blocks, 1)
         found.append((top_k(order.astype(float), count), np.sort(removed[np.isfinite(removed)])))
     return tuple(found)
@@ -148,17 +172,18 @@ def _layer_kinds(size: int, units: tuple[int, int]) -> tuple[tuple[np.ndarray, l
 
 def _read_through(
     analysis: GraphAnalysis, taps: LayerTaps, above: LayerTaps | None, masks: dict[str, np.ndarray]
-) -> np.ndarray:
-    """W R: how each unit of the layer (rows: head dimensions, then neurons) reaches the kept units above."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """W and R: how each unit of the layer (rows: head dimensions, then neurons) writes the stream, and how the kept
+    units above read it (their Q, K, V and FFN up columns; None at the top, where the stream itself is what counts)."""
     written = np.vstack([_as_rows(analysis, analysis.group(g).readers[0]) for g in (taps.heads, taps.ffn)])
     if above is None:
-        return written
+        return written, None
     reads = [
         _as_rows(analysis, weight)[:, kept_along(analysis, masks, weight, analysis.linear(weight).out_axis)]
         for group in (above.heads, above.ffn)
         for weight in analysis.group(group).writers
     ]
-    return written @ np.hstack(reads)
+    return written, np.hstack(reads)
 
 
 def _as_rows(analysis: GraphAnalysis, weight: str) -> np.ndarray:

@@ -10,7 +10,9 @@ from compressor.scoring import (
     RefitLoss,
     _conditioned,
     _eliminate,
+    _read_grams,
     _remove,
+    _ridge,
     layer_masks,
     refit_selection,
     top_k,
@@ -132,7 +134,8 @@ def test_a_head_is_not_dropped_because_the_neurons_computed_from_it_repeat_it():
     head1 = 0.5 * rng.standard_normal((50_000, 2))
     neurons = head0 + 0.05 * rng.standard_normal((50_000, 2))
     cov = np.cov(np.hstack([head0, head1, neurons]).T)
-    heads, kept_neurons = layer_masks(cov, np.eye(6), (2, 2), (1, 2))
+    systems = ReadLoss(_ridge(cov[:4, :4]), np.eye(4)), ReadLoss(_ridge(cov[4:, 4:]), np.eye(2))
+    heads, kept_neurons = layer_masks(systems, (2, 2), (1, 2))
     assert heads.tolist() == [True, False] and kept_neurons.all()
     joint = ReadLoss(cov, np.eye(6)).losses([np.linalg.inv(cov)], np.array([2, 2, 1, 1]), np.arange(6))
     assert joint[0] < joint[1]  # one system over heads and neurons would rank the strong head below the weak one
@@ -170,6 +173,16 @@ def test_a_removal_leaves_the_precision_and_the_refit_weights_of_the_rest():
     state = _remove(RefitLoss(second, cross).inverted()[0], keep)
     rest = np.linalg.inv(second[np.ix_(keep, keep)])
     assert np.allclose(state[:, :5], rest) and np.allclose(state[:, 5:], rest @ cross[keep])
+
+
+def test_read_grams_through_the_stream_or_the_read_columns_equal_the_product_of_the_reads():
+    rng = np.random.default_rng(9)
+    parts = [rng.standard_normal((5, 4)), rng.standard_normal((3, 4))]
+    for columns in (2, 9):  # fewer read columns than stream channels, and more
+        reads = rng.standard_normal((4, columns))
+        for part, gram in zip(parts, _read_grams(parts, reads)):
+            np.testing.assert_allclose(gram, (part @ reads) @ (part @ reads).T)
+    assert np.allclose(_read_grams(parts, None)[1], parts[1] @ parts[1].T)
 
 
 def test_refit_selection_keeps_one_of_two_copies_and_the_unit_the_target_needs():
