@@ -145,7 +145,10 @@ class Moments:
         """E[(a - s)(b - t)ᵀ] - E[a - s] E[b - t]ᵀ: the covariance, from the centred product."""
         n = max(self.count, 1)
         a_mean, b_mean = a_total / n - s, b_total / n - t
-        return getattr(self, f"centred_{product}").astype(np.float64) / n - np.outer(a_mean, b_mean)
+        result = getattr(self, f"centred_{product}").astype(np.float64)  # a copy, worked on in place
+        result /= n
+        result -= np.outer(a_mean, b_mean)
+        return result
 
     def second_moment_diag(self) -> np.ndarray:
         """E[x²] per unit: the squared activation norm (over rows) divided by the row count."""
@@ -157,9 +160,12 @@ class Moments:
 
 def _about(centred: np.ndarray, count: int, left: tuple, right: tuple) -> np.ndarray:
     """Σ (a - l)(b - r)ᵀ in float64, from the centred product Σ (a - s)(b - t)ᵀ; `left` is (Σ a, s, l), `right`
-    (Σ b, t, r)."""
+    (Σ b, t, r). The correction (Σ a - n s)(t - r)ᵀ + (s - l)(Σ b - n s + n (t - r))ᵀ is one rank-2 product added in
+    place: three outer products and their sums were five temporaries the size of the result."""
     (a_total, s, new_s), (b_total, t, new_t) = left, right
     delta_a, delta_b = s.astype(np.float64) - new_s, t.astype(np.float64) - new_t
-    a_centred, b_centred = a_total - count * s.astype(np.float64), b_total - count * t.astype(np.float64)
-    outer = np.outer(a_centred, delta_b) + np.outer(delta_a, b_centred) + count * np.outer(delta_a, delta_b)
-    return centred.astype(np.float64) + outer
+    result = centred.astype(np.float64)
+    if delta_a.any() or delta_b.any():
+        a_centred, b_centred = a_total - count * s.astype(np.float64), b_total - count * t.astype(np.float64)
+        result += np.stack([a_centred, delta_a], axis=1) @ np.stack([delta_b, b_centred + count * delta_b])
+    return result
