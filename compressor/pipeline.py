@@ -52,7 +52,9 @@ class CompressionResult:
 
 @dataclass
 class Timer:
-    """Seconds per stage, and the process's peak resident memory (GB) when each stage ended."""
+    """Seconds per stage, and the process's peak resident memory (GB) when each stage ended, in the order they
+    ended: a stage that runs twice (the FLOPs probe, before capture and after pruning) sums its seconds and takes
+    its place where it last ended (its peak then covers the stages before it, which the first run was one of)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_gb: dict[str, float] = field(default_factory=dict)
@@ -60,6 +62,7 @@ class Timer:
     def stage(self, name: str, start: float) -> float:
         now = time.perf_counter()
         self.seconds[name] = round(self.seconds.get(name, 0.0) + now - start, 3)
+        self.peak_rss_gb.pop(name, None)
         self.peak_rss_gb[name] = peak_rss_gb()
         return now
 
