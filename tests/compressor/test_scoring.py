@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compressor import scoring
 from compressor.scoring import (
     InformationLoss,
     ReadLoss,
@@ -164,8 +165,10 @@ def test_refit_loss_is_what_a_least_squares_refit_of_the_rest_loses():
             assert np.isclose(value, _refit_error(units[:, rest], target) - full, rtol=1e-6)
 
 
-def test_a_removal_leaves_the_precision_and_the_refit_weights_of_the_rest():
-    """The Schur step on [Σ⁻¹ | Σ⁻¹ C] gives what inverting and solving over the kept units alone gives."""
+def test_a_removal_leaves_the_precision_and_the_refit_weights_of_the_rest(monkeypatch):
+    """The Schur step on [Σ⁻¹ | Σ⁻¹ C] gives what inverting and solving over the kept units alone gives (its update
+    taken two rows at a time, as a large system's is)."""
+    monkeypatch.setattr(scoring, "SCHUR_ROWS", 2)
     rng = np.random.default_rng(8)
     units = rng.standard_normal((2_000, 7)) @ rng.standard_normal((7, 7))
     second, cross = units.T @ units / len(units), units.T @ rng.standard_normal((2_000, 3)) / len(units)
