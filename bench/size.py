@@ -161,27 +161,38 @@ def size_markdown(rows: list[dict]) -> list[str]:
 
 
 NOTES = """\
-TinyLlama's shape on c2cbe67 (VmRSS sampled every 5 s, and the report's stages): 5.18 GB at the peak, 1.26x the
-weights (issue 15 asks at most 1.5x: met). The shape probe holds a session of the whole original (4.25 GB), the
-FLOPs probe the same with every tensor of one sample exposed (4.86 GB, shown under capture); capture runs each group
-of layers alone, fed with what the group below computed (3.7 GB: one group's weights, one pass's
-moments, one run's tensors, the cut tensors of every run); the original's outputs for recovery's output check and for
-fidelity are computed once the same way and kept in files, so no compressed model runs beside a session of the
-original; scoring holds one layer's moments (3.9 GB); the refits 2.3-4.0 GB, and the peak, 5.18 GB, is recovery's
-output check (the refit model's session and a run of its logits). On d434c52 the same model peaked at 11.76 GB:
-capture 7.2 (a session of the whole original beside the moments), the output check 10.8 and fidelity 11.8 (sessions
-of the whole original and of a pruned model side by side). Time: 28.7 min against the 20 asked (not met): capture
-2.6 min (5.5 on d434c52: each layer is now computed once, not once a pass), scoring 5.1, recovery 19.9 (stream refits
-of every projection, `mi` choosing each layer's units again: eigendecompositions and the reselection's eliminations
-of 5,632 neurons dominate, and the float64 products of each refit's inputs). How it grows with depth at TinyLlama's
-width (4 / 11 / 22 layers, 1.15 / 2.30 / 4.10 GB of weights): peaks 4.33 / 4.24 / 5.18 GB (3.78x / 1.85x / 1.26x), a
-working set of one layer that depth does not change (scoring's float64 systems of 7,680 units: 4.3 GB, the peak of
-the 4-layer model) under the sessions of the whole original at the shape and FLOPs probes, which grow with the
-weights (1.05-1.2x); wall time 590 / 1039 / 1724 s, close to linear in depth (about 70 s a layer, 50 of them
-recovery's), the first two an upper bound (a test run shared the cores). BERT-large's shape on the same pipeline:
-2.82 GB, 2.25x its 1.25 GB (was 5.32 GB, 4.24x; 1.5x not met), reached by the end of capture (the FLOPs probe or
-capture's groups of layers, each holding up to 1 GiB of moments: the report's stages do not tell them apart); 549 s
-on the quiet machine (under the 20 minutes asked)."""
+TinyLlama's shape on fe71ce8 (the report's stages): 5.32 GB at the peak, 1.30x the weights (issue 15 asks at most
+1.5x: met), in 26.2 min (20 asked: not met; 28.7 on c2cbe67). The shape probe holds a session of the whole original
+(4.25 GB), the FLOPs probe the same with every tensor of one sample exposed (4.86 GB, shown under capture); capture
+runs each group of layers alone, fed with what the group below computed (one group's weights, one pass's moments, one
+run's tensors, the cut tensors of every run); the original's outputs for recovery's output check and for fidelity are
+computed once the same way and kept in files, so no compressed model runs beside a session of the original; the peak
+is recovery's (its output check, or a layer's refits). On d434c52 the same model peaked at 11.76 GB: capture 7.2 (a
+session of the whole original beside the moments), the output check 10.8 and fidelity 11.8 (sessions of the whole
+original and of a pruned model side by side). Time by stage on fe71ce8: capture 2.7 min, scoring 4.9, recovery 17.5
+(19.9 on c2cbe67). A 4-layer profile (cProfile) put recovery's time in float64 linear algebra on 2,048- to
+5,632-wide systems: the products of each refit's inputs (`Moments.add`), reselection's eliminations of 5,632 neurons
+(their inverse alone about 6 s a layer), eigendecompositions and the ridge paths' rotations; ONNX Runtime's runs of the
+layers are a tenth of it. What fe71ce8 took off, with every output on the shared models unchanged: reselection carries
+its refit weights through each removal instead of multiplying the precision by every target column each round
+(12.3 s for 15.4 on a 5,632 x 2,048 system), scoring forms only each kind's diagonal blocks and the read gram through
+the stream, the fit moments of Q/K/V and gate/up drop z zᵀ, Q/K/V reuse the held-out system's rotation, and the
+moments' shift corrections are one rank-2 product in place. Not taken: float32 products per batch in the refits
+(twice as fast on these products) changed minilm-sst2's keep-0.4 accuracy from 0.8521 to 0.8658 with the same
+calibration, a sign that the choice of units moves with rounding: a change of results to be measured over draws, not
+a speed-up to slip in; a Cholesky-based inverse in numpy alone (no LAPACK potri) was no faster than `inv`. How it
+grows with depth at TinyLlama's width (4 / 11 / 22 layers, 1.15 / 2.30 / 4.10 GB of weights, on cb15434 and c2cbe67):
+peaks 4.33 / 4.24 / 5.18 GB (3.78x / 1.85x / 1.26x), a working set of one layer that depth does not change (scoring's
+float64 systems of 7,680 units, 4.3 GB then: scoring now forms only the heads' and the neurons' diagonal blocks)
+under the sessions of the whole original at the shape and FLOPs probes, which grow with the weights (1.05-1.2x); wall
+time 590 / 1039 / 1724 s, close to linear in depth (about 70 s a layer, 50 of them recovery's; about 68 and 48 on
+fe71ce8), the first two an upper bound (a test run shared the cores). BERT-large's shape: 2.28 GB on 3cfc738, 1.82x
+its 1.25 GB (was 2.82 GB, 2.25x; 1.5x not met), in 490 s. Capture held 2.8 GB with 1 GiB of moments a pass and 1.50 GB
+with 336 MB (`capture.capture_passes`: each layer is computed once however many passes); the peak is now recovery's,
+a layer's refits: RSS climbs from 0.8 to 2.2 GB within each layer and falls back between layers. On 113424c,
+reselection's eliminations hold 250 MB fewer arrays (tracemalloc, a 4,096-neuron layer), yet the peak read 2.34 GB:
+handing the C heap back after each refit (malloc_trim) took a 300 s prefix's peak from 2.28 to 2.13 GB, so what is
+left is neither one array nor the heap alone, and was not found in this session."""
 
 
 def main() -> None:
