@@ -346,11 +346,7 @@ def _reselect(
     the kept ones, and its weights as all of `projection`'s inputs with zeros where a unit is removed."""
     dim = analysis.dims.find(analysis.dims.axes[(projection.weight, analysis.linear(projection.weight).in_axis)])
     blocks = list(np.searchsorted(projection.rows, group.unit_major(dim)).reshape(group.units, -1))
-    n = max(fit.count, 1)
-    covariance, cross = (
-        (fit.covariance(), fit.cross_covariance()) if projection.has_bias else (fit.gram / n, fit.cross / n)
-    )
-    kept = refit_selection(covariance, cross, blocks, int(masks[group.name].sum()))
+    kept = _selection(fit, projection.has_bias, blocks, int(masks[group.name].sum()))
     rows = np.sort(np.concatenate([blocks[u] for u in np.flatnonzero(kept)]))
     refit, weights = _refit(
         replace(projection, rows=projection.rows[rows]), fit.restricted(rows), check.restricted(rows)
@@ -359,6 +355,14 @@ def _reselect(
     scattered[rows] = weights[: len(rows)]
     scattered[len(projection.rows) :] = weights[len(rows) :]
     return kept, refit, scattered
+
+
+def _selection(fit: Moments, has_bias: bool, blocks: list[np.ndarray], count: int) -> np.ndarray:
+    """`refit_selection` on the fit moments: its system is released on return, before the refit of the kept units
+    (on TinyLlama's FFN, 346 MB that the refit does not need)."""
+    n = max(fit.count, 1)
+    covariance, cross = (fit.covariance(), fit.cross_covariance()) if has_bias else (fit.gram / n, fit.cross / n)
+    return refit_selection(covariance, cross, blocks, count)
 
 
 def _sliced_refits(
