@@ -190,9 +190,10 @@ fe71ce8), the first two an upper bound (a test run shared the cores). BERT-large
 its 1.25 GB (was 2.82 GB, 2.25x; 1.5x not met), in 490 s. Capture held 2.8 GB with 1 GiB of moments a pass and 1.50 GB
 with 336 MB (`capture.capture_passes`: each layer is computed once however many passes); the peak is now recovery's,
 a layer's refits: RSS climbs from 0.8 to 2.2 GB within each layer and falls back between layers. On 113424c,
-reselection's eliminations hold 250 MB fewer arrays (tracemalloc, a 4,096-neuron layer), yet the peak read 2.34 GB:
-handing the C heap back after each refit (malloc_trim) took a 300 s prefix's peak from 2.28 to 2.13 GB, so what is
-left is neither one array nor the heap alone, and was not found in this session."""
+reselection's eliminations hold 250 MB fewer arrays (tracemalloc, a 4,096-neuron layer), yet the peak read 2.34 GB
+(handing the C heap back after each refit, malloc_trim, took a 300 s prefix's peak only from 2.28 to 2.13 GB); on
+5285fec, where `Moments.add` centres its own copy of a batch in place and reselection's system is released before the
+refit of the kept units, 2.08 GB, 1.66x (1.5x not met), in 509 s."""
 
 
 def main() -> None:
