@@ -94,11 +94,11 @@ def _top_down(
         written, reads = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
         units = analysis.group(taps.heads).units, taps.ffn_size
         wanted = counts.get(taps.heads, units[0]), counts.get(taps.ffn, units[1])
-        systems = read_systems(stats.layers[i], written, reads, units)
+        kinds = read_systems(stats.layers[i], written, reads, units)
         if losses is None or i == len(layers) - 1:  # the top layer is read by no layer: another currency
-            masks[taps.heads], masks[taps.ffn] = layer_masks(systems, units, wanted)
+            masks[taps.heads], masks[taps.ffn] = layer_masks(kinds, wanted)
         else:
-            for name, (mask, loss) in zip((taps.heads, taps.ffn), layer_curves(systems, units, wanted)):
+            for name, (mask, loss) in zip((taps.heads, taps.ffn), layer_curves(kinds, wanted)):
                 masks[name] = mask
                 if not analysis.group(name).cache:  # a decoder's KV heads keep one count in every layer
                     losses[name] = loss
@@ -113,15 +113,20 @@ def _top_down(
     return masks
 
 
-def read_systems(
-    moments: Moments, written: np.ndarray, reads: np.ndarray | None, units: tuple[int, int]
-) -> tuple[ReadLoss, ReadLoss]:
-    """The `ReadLoss` systems of a layer's two kinds of units (heads' dimensions, then neurons): their covariance
-    (of `moments`, over the layer's units) and G = (W R)(W R)ᵀ, W their rows of `written`, R `reads` (`_read_through`).
-    Only the two diagonal blocks are formed, each kind being eliminated against its own kind only."""
-    dims = [kind for kind, _ in _layer_kinds(moments.dim, units)]
-    grams = _read_grams([written[kind] for kind in dims], reads)
-    return tuple(ReadLoss(_ridge(moments.restricted(kind).covariance()), gram) for kind, gram in zip(dims, grams))
+Kind = tuple["ReadLoss", list[np.ndarray]]  # one kind of a layer's units: its system and its blocks of dimensions
+
+
+def read_systems(moments: Moments, written: np.ndarray, reads: np.ndarray | None, units: tuple[int, int]) -> list[Kind]:
+    """A layer's two kinds of units (heads' dimensions in units[0] equal blocks, then units[1] neurons), each with its
+    `ReadLoss` system: their covariance (of `moments`, over the layer's units) and G = (W R)(W R)ᵀ, W their rows of
+    `written`, R `reads` (`_read_through`). Only the two diagonal blocks are formed, each kind being eliminated
+    against its own kind only."""
+    kinds = _layer_kinds(moments.dim, units)
+    grams = _read_grams([written[dims] for dims, _ in kinds], reads)
+    return [
+        (ReadLoss(_ridge(moments.restricted(dims).covariance()), gram), blocks)
+        for (dims, blocks), gram in zip(kinds, grams)
+    ]
 
 
 def _read_grams(parts: list[np.ndarray], reads: np.ndarray | None) -> list[np.ndarray]:
@@ -136,28 +141,20 @@ def _read_grams(parts: list[np.ndarray], reads: np.ndarray | None) -> list[np.nd
     return [(read := part @ reads) @ read.T for part in parts]
 
 
-def layer_masks(
-    systems: tuple[ReadLoss, ReadLoss], units: tuple[int, int], wanted: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Kept heads and kept neurons of one layer, from the systems of its heads' dimensions (units[0] equal blocks)
-    and of its neurons (units[1]), each kind eliminated against its own kind only."""
-    size = sum(len(system.covariance) for system in systems)
-    return tuple(
-        _eliminate([system], blocks, target)
-        for system, (_, blocks), target in zip(systems, _layer_kinds(size, units), wanted)
-    )
+def layer_masks(kinds: list[Kind], wanted: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Kept heads and kept neurons of one layer (`read_systems`), each kind eliminated against its own kind only."""
+    return tuple(_eliminate([system], blocks, target) for (system, blocks), target in zip(kinds, wanted))
 
 
 def layer_curves(
-    systems: tuple[ReadLoss, ReadLoss], units: tuple[int, int], wanted: tuple[int, int]
+    kinds: list[Kind], wanted: tuple[int, int]
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Per kind (heads, then neurons) of one layer: the `wanted` units kept longest when the kind is eliminated down
     to one unit, and the losses of the units removed on the way, ascending. The losses are variance read by the
     layer above (`ReadLoss`), which reads a stream normalized by a LayerNorm in every layer: one currency for all
     layers and both kinds, so that global allocation can compare them. One elimination gives both."""
     found = []
-    size = sum(len(system.covariance) for system in systems)
-    for system, (_, blocks), count in zip(systems, _layer_kinds(size, units), wanted):
+    for (system, blocks), count in zip(kinds, wanted):
         _, removed, order = _removal([system], blocks, 1)
         found.append((top_k(order.astype(float), count), np.sort(removed[np.isfinite(removed)])))
     return tuple(found)

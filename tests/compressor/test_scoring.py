@@ -135,8 +135,11 @@ def test_a_head_is_not_dropped_because_the_neurons_computed_from_it_repeat_it():
     head1 = 0.5 * rng.standard_normal((50_000, 2))
     neurons = head0 + 0.05 * rng.standard_normal((50_000, 2))
     cov = np.cov(np.hstack([head0, head1, neurons]).T)
-    systems = ReadLoss(_ridge(cov[:4, :4]), np.eye(4)), ReadLoss(_ridge(cov[4:, 4:]), np.eye(2))
-    heads, kept_neurons = layer_masks(systems, (2, 2), (1, 2))
+    kinds = [
+        (ReadLoss(_ridge(cov[:4, :4]), np.eye(4)), [np.arange(2), np.arange(2, 4)]),
+        (ReadLoss(_ridge(cov[4:, 4:]), np.eye(2)), [np.array([0]), np.array([1])]),
+    ]
+    heads, kept_neurons = layer_masks(kinds, (1, 2))
     assert heads.tolist() == [True, False] and kept_neurons.all()
     joint = ReadLoss(cov, np.eye(6)).losses([np.linalg.inv(cov)], np.array([2, 2, 1, 1]), np.arange(6))
     assert joint[0] < joint[1]  # one system over heads and neurons would rank the strong head below the weak one
