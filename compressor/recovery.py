@@ -227,6 +227,7 @@ class Recovery:
     output_error: dict[str, float]  # held-out mean squared error of the model's output: "sliced" and "refit"
     masks: dict[str, np.ndarray]  # the units the model keeps (reselection may change the masks it was given)
     reselected: list[str]  # the groups whose units were chosen again
+    sliced: onnx.ModelProto  # the model the masks make without refits, compared with
 
     @property
     def kept(self) -> bool:
@@ -247,7 +248,7 @@ class Batch:
 
 def recover(
     analysis: GraphAnalysis,
-    pruned: onnx.ModelProto,
+    pruned: onnx.ModelProto | None,
     masks: dict[str, np.ndarray],
     calibration: Calibration,
     indices: Sequence[int],
@@ -275,7 +276,9 @@ def recover(
     `reselect` (with "stream" inputs): each layer's heads and neurons are chosen again as the layer is reached, among
     all of its units as the pruned model below computes them, keeping as many as `masks` does: those whose refit to
     the original stream loses least (`scoring.refit_selection`). The masks of the returned model are in `masks` of
-    the result.
+    the result. `pruned`: the model `masks` make, without refits; None where reselection chooses the units of every
+    pruned group (then only the masks' counts are read): the model its chosen units make without refits is then the
+    one compared with, and returned when the refits make the output worse.
     """
     if original is None and inputs == "original":
         original = session(analysis.model, activation_names(analysis))
@@ -315,9 +318,12 @@ def recover(
     if reference is None:
         reference = output_reference(original or session(analysis.model), calibration, indices, batch_size)
     del original  # the models compared below run alone
+    rechosen = pruned is None  # every pruned group chosen here: the slice compared with is of the units chosen
+    if rechosen:
+        pruned, masks = apply_masks(analysis, final, data=data), final
     error = {name: _output_error(reference, m) for name, m in (("sliced", pruned), ("refit", model))}
-    recovery = Recovery(model, refits, error, final, chosen)
-    return recovery if recovery.kept else Recovery(pruned, refits, error, masks, [])
+    recovery = Recovery(model, refits, error, final, chosen, pruned)
+    return recovery if recovery.kept else Recovery(pruned, refits, error, masks, chosen if rechosen else [], pruned)
 
 
 def reselectable(analysis: GraphAnalysis, masks: dict[str, np.ndarray]) -> list[str]:

@@ -11,6 +11,7 @@ from compressor import recovery
 from compressor.fidelity import session
 from compressor.pipeline import compress
 from graph_passes import apply_masks
+from graph_passes.external_data import tensor_array
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -39,8 +40,32 @@ def test_a_reselected_model_is_the_refit_model_of_its_own_masks(decoder_cache, f
     np.testing.assert_allclose(*logits, atol=2e-3)
 
 
+def test_the_units_chosen_again_depend_on_the_counts_alone(decoder_cache, tmp_path):
+    """Which units the masks given keep decides nothing when every pruned group is chosen again: the pipeline then
+    skips scoring and hands recovery masks that only carry the counts (with no sliced model: the one compared with
+    is the slice of the units chosen)."""
+    analysis, masks, data = tiny_decoders.half_pruned(decoder_cache("llama")[1], tmp_path)
+    assert set(recovery.reselectable(analysis, masks)) == {name for name, mask in masks.items() if not mask.all()}
+    first = {name: np.arange(mask.size) < mask.sum() for name, mask in masks.items()}
+    assert any(not np.array_equal(first[name], masks[name]) for name in masks)
+    indices = list(range(len(data)))
+    results = [
+        recovery.recover(analysis, None, m, data, indices, 8, None, "stream", reselect=True) for m in (masks, first)
+    ]
+    assert all(np.array_equal(results[0].masks[name], results[1].masks[name]) for name in masks)
+    weights = [{t.name: tensor_array(t) for t in r.model.graph.initializer} for r in results]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][name], weights[1][name]) for name in weights[0])
+    sliced = apply_masks(analysis, results[0].masks)
+    assert [list(t.dims) for t in results[0].sliced.graph.initializer] == [
+        list(t.dims) for t in sliced.graph.initializer
+    ]
+    assert results[0].output_error["sliced"] == pytest.approx(results[1].output_error["sliced"])
+
+
 def test_only_mi_chooses_again_in_the_pipeline(decoder_cache, tmp_path):
-    """A decoder's default stream refits choose the units again for `mi`; a baseline method keeps its own choice."""
+    """A decoder's default stream refits choose the units again for `mi`, so its scoring is skipped (nothing is
+    captured; the units are chosen by the original stream); a baseline method keeps its own choice."""
     _, path = decoder_cache("llama")
     calib = tmp_path / "calib.txt"
     calib.write_text("\n<|endoftext|>\n".join(tiny_decoders.text(40, seed=9)) + "\n")
@@ -52,6 +77,8 @@ def test_only_mi_chooses_again_in_the_pipeline(decoder_cache, tmp_path):
         kept = {g["name"]: g["kept"] for g in result.report["groups"]}
         assert all(kept[name] == np.flatnonzero(result.masks[name]).tolist() for name in result.masks)
         reselected = result.report["recovery"]["reselected"]
-        assert bool(reselected) == (moved and result.report["recovery"]["kept"])
+        assert bool(reselected) == moved
+        assert ("capture" in result.report["seconds"]) != moved
+        assert result.report["top_signal"] == ("stream" if moved else None)
         if not reselected:  # the method's own choice
             assert all(np.array_equal(result.masks[name], chosen[name]) for name in chosen)
