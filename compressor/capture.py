@@ -26,7 +26,7 @@ import onnxruntime as ort
 from compressor.calibration import Calibration
 from compressor.statistics import Moments
 from graph_passes import GraphAnalysis, UnsupportedGraphError, computed_before, layer_cuts, truncated
-from graph_passes.external_data import model_bytes
+from graph_passes.external_data import weight_bytes
 from graph_passes.sessions import cpu_session
 
 RUN_BYTES = 2**30  # what one run may return to capture
@@ -360,7 +360,7 @@ def capture_passes(analysis: GraphAnalysis, stream_cross: bool = True) -> list[l
     plan = plan_capture(analysis)
     if not plan.layers:
         return [[]]
-    budget = max(MOMENTS_BYTES, model_bytes(analysis.model) // 4)
+    budget = max(MOMENTS_BYTES, weight_bytes(analysis.model) // 4)
     hidden = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
     passes: list[list[int]] = [[]]
     held = 0

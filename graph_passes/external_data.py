@@ -100,6 +100,12 @@ def nbytes(tensor: onnx.TensorProto) -> int:
     return math.prod(tensor.dims) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the model's initializers, wherever they lie: nearly all of a transformer's size, counted without
+    serializing it (protobuf's `ByteSize` serializes the whole model: 24 ms on minilm-sst2, each time)."""
+    return sum(map(nbytes, model.graph.initializer))
+
+
 def model_bytes(model: onnx.ModelProto) -> int:
     """The size of the model as one protobuf would hold it (its external tensors' bytes inline), to the byte,
     without reading them: each inline tensor is its reference less the reference's fields plus a raw_data field,

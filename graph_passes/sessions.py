@@ -1,7 +1,7 @@
 """ONNX Runtime sessions over a model held in memory, at any size, with chosen inner tensors exposed as outputs.
 
-A small model held in memory is handed to ONNX Runtime serialized. A model over `SERIALIZED_LIMIT`, or one whose
-weights stay in files (`graph_passes.external_data`), is handed over as its graph alone: every large tensor an
+A small model held in memory is handed to ONNX Runtime serialized. A model whose weights are over `SERIALIZED_LIMIT`,
+or whose weights stay in files (`graph_passes.external_data`), is handed over as its graph alone: every large tensor an
 external reference, spelled relative to one folder that holds all the files, which ONNX Runtime is told
 (`EXTERNAL_FOLDER`). The model's own data files are read where they lie, memory-mapped by ONNX Runtime, never copied;
 only large tensors held in memory (refit weights) are written, to a data file in a temporary folder that is removed
@@ -32,11 +32,12 @@ from graph_passes.external_data import (
     is_external,
     relative_to,
     stays_inline,
+    weight_bytes,
 )
 from graph_passes.model_io import copy_fields
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # larger than this (with headroom) cannot be one serialized protobuf
-SERIALIZED_LIMIT = 2**26  # larger models are handed over as a graph with external data (64 MiB)
+SERIALIZED_LIMIT = 2**26  # models with more bytes of weights are handed over as a graph with external data (64 MiB)
 DATA_FILE = "model.onnx.data"
 EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 CPU = ["CPUExecutionProvider"]
@@ -69,7 +70,7 @@ def cpu_session(
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-    if model.ByteSize() <= SERIALIZED_LIMIT and not has_external_data(model):
+    if weight_bytes(model) <= SERIALIZED_LIMIT and not has_external_data(model):
         return session_class(_with_outputs(model, outputs).SerializeToString(), options, providers=CPU)
     options.enable_cpu_mem_arena = False
     with referenced(model, outputs) as (graph, folder):

@@ -96,7 +96,7 @@ def test_moments_past_one_pass_are_accumulated_layer_group_by_group_into_files_a
     analysis, data = encoder
     whole = capture(analysis, data, list(range(SAMPLES)), batch_size=5)
     monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
-    monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
+    monkeypatch.setattr(capture_module, "weight_bytes", lambda model: 1)
     assert capture_passes(analysis) == [[0], [1]]
     sessions = []
     opened = capture_module.cpu_session
@@ -140,7 +140,7 @@ def test_a_decoder_captured_a_layer_at_a_time_matches_one_pass(tmp_path, monkeyp
     )
     whole = capture(analysis, data, list(range(8)), batch_size=3)
     monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
-    monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
+    monkeypatch.setattr(capture_module, "weight_bytes", lambda model: 1)
     assert capture_passes(analysis) == [[0], [1], [2]]
     parts = capture(analysis, data, list(range(8)), batch_size=3)
     assert len(whole.readers) == 4 and parts.readers.keys() == whole.readers.keys()  # FFN up in each layer, lm_head
@@ -159,7 +159,7 @@ def test_outputs_computed_a_group_of_layers_at_a_time_equal_the_whole_model_s(tm
     runs = [feeds(analysis.model, 4, 12), feeds(analysis.model, 3, 5)]
     session = capture_session(analysis.model, [])
     monkeypatch.setattr(capture_module, "MOMENTS_BYTES", 1)
-    monkeypatch.setattr(capture_module, "model_bytes", lambda model: 1)
+    monkeypatch.setattr(capture_module, "weight_bytes", lambda model: 1)
     sessions = []
     opened = capture_module.cpu_session
     monkeypatch.setattr(capture_module, "cpu_session", lambda model: sessions.append(model) or opened(model))
