@@ -161,8 +161,12 @@ def size_markdown(rows: list[dict]) -> list[str]:
 
 
 NOTES = """\
-TinyLlama's shape on fe71ce8 (the report's stages): 5.32 GB at the peak, 1.30x the weights (issue 15 asks at most
-1.5x: met), in 26.2 min (20 asked: not met; 28.7 on c2cbe67). The shape probe holds a session of the whole original
+TinyLlama's shape on b091a5b (the report's stages): 5.38 GB at the peak, 1.31x the weights (issue 15 asks at most
+1.5x: met), in 19.5 min (20 asked: met; 26.2 on fe71ce8, 28.7 on c2cbe67). What b091a5b took off: on a decoder `mi`'s
+stream refits choose every pruned group's units again as recovery reaches each layer, from the uniform budget's
+counts alone, so the top-down pass (capture 2.7 min and scoring 4.9 on fe71ce8) decided only the model shipped were
+the refits to make the output worse; it no longer runs there (stories260k's output bit-identical). Recovery took
+18.4 min (17.5 on fe71ce8), now also slicing the model of the units it chose, which it compares with. The shape probe holds a session of the whole original
 (4.25 GB), the FLOPs probe the same with every tensor of one sample exposed (4.86 GB, shown under capture); capture
 runs each group of layers alone, fed with what the group below computed (one group's weights, one pass's moments, one
 run's tensors, the cut tensors of every run); the original's outputs for recovery's output check and for fidelity are

@@ -301,7 +301,7 @@ def _chosen_in_recovery(
     """Masks that give only the counts (each group's first units) where recovery chooses again the units of every
     group the budget prunes (`mi` with stream refits, `recovery.reselectable`) and the counts are the budget's
     (uniform allocation): scoring's own choice would decide nothing but the model shipped if the refits made the
-    output worse, so neither capture nor scoring runs (on TinyLlama's shape, 458 of 1574 s). Else None."""
+    output worse, so neither capture nor scoring runs (TinyLlama's shape: 19.5 min instead of 26.2). Else None."""
     if not reselect or refit_inputs != "stream" or allocation != "uniform":
         return None
     counted = {name: np.arange(analysis.group(name).units) < count for name, count in counts.items()}
