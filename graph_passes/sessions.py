@@ -52,6 +52,13 @@ def return_freed_memory() -> None:
     TinyLlama's shape ran 16 samples, 2 GB of its activations stayed resident through scoring. Elsewhere only the
     garbage collector runs."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """`return_freed_memory` without the garbage collector, for memory freed by reference counts alone (a session
+    released on return): a collection costs 0.17 s once transformers is imported. After the FLOPs probe of
+    BERT-large's pruned shape, 0.66 GB stayed resident into recovery, lifting its peak by as much."""
     if _TRIM is not None:
         _TRIM(0)
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from graph_passes.errors import UnsupportedGraphError
 from graph_passes.external_data import tensor_array
-from graph_passes.sessions import cpu_session
+from graph_passes.sessions import cpu_session, trim_heap
 
 # Distinct sizes for dynamic axes, chosen to be unlikely to coincide with channel sizes.
 DYNAMIC_SIZES = (3, 11, 13, 17)
@@ -224,19 +224,27 @@ def probe_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = N
         ) from exc
 
 
+def _exposed_run(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], options: ort.SessionOptions
+) -> tuple[list[str], list]:
+    """Every tensor's name and value from one run of a session that exposes them all (released on return)."""
+    inner = [name for node in model.graph.node for name in node.output if name]
+    session = cpu_session(model, inner, options)
+    names = [o.name for o in session.get_outputs()]
+    return names, session.run(names, feeds)
+
+
 def _probe(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> ProbedValues:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # a failed try is expected (image sizes) and reported in one line, not logged
-    inner = [name for node in model.graph.node for name in node.output if name]
     try:
-        session = cpu_session(model, inner, options)
-        names = [o.name for o in session.get_outputs()]
-        results = session.run(names, feeds)
+        names, results = _exposed_run(model, feeds, options)
     except Exception as exc:  # ORT raises several unrelated types for one cause: the graph does not run
         raise UnsupportedGraphError(
             f"ONNX Runtime cannot run the model on dummy inputs: {exc}".splitlines()[0]
         ) from exc
+    trim_heap()  # the session is gone, and what it freed is handed back rather than kept in the C heap
     values = dict(feeds)
     values.update(zip(names, (np.asarray(r) for r in results)))
     return ProbedValues(list(model.graph.initializer), values)
