@@ -354,9 +354,9 @@ def _reselect(
     blocks = list(np.searchsorted(projection.rows, group.unit_major(dim)).reshape(group.units, -1))
     kept = _selection(fit, projection.has_bias, blocks, int(masks[group.name].sum()))
     rows = np.sort(np.concatenate([blocks[u] for u in np.flatnonzero(kept)]))
-    refit, weights = _refit(
-        replace(projection, rows=projection.rows[rows]), fit.restricted(rows), check.restricted(rows)
-    )
+    for moments in (fit, check):  # in place: the products of every unit are released before the refit
+        moments.restrict(rows)
+    refit, weights = _refit(replace(projection, rows=projection.rows[rows]), fit, check)
     scattered = np.zeros((projection.width, weights.shape[1]), weights.dtype)
     scattered[rows] = weights[: len(rows)]
     scattered[len(projection.rows) :] = weights[len(rows) :]
@@ -728,8 +728,10 @@ def _moments(
 def _system(moments: Moments, width: int) -> tuple[np.ndarray, np.ndarray, float]:
     """E[x̃ x̃ᵀ], E[x̃ yᵀ] and E‖y‖², with x̃ = [x, 1] cut to its first `width` entries (no 1 without a bias)."""
     n = max(moments.count, 1)
-    xx = np.block([[moments.gram, moments.total[:, None]], [moments.total[None, :], np.array([[n]])]]) / n
-    xy = np.vstack([moments.cross, moments.partner_total[None, :]]) / n
+    xx = np.block([[moments.gram, moments.total[:, None]], [moments.total[None, :], np.array([[n]])]])
+    xy = np.vstack([moments.cross, moments.partner_total[None, :]])
+    xx /= n
+    xy /= n
     return xx[:width, :width], xy[:width], moments.partner_squares / n
 
 
@@ -767,8 +769,8 @@ def _refit(
     if not refit.applied:
         return refit, current
     all_xx, all_xy, _ = _system(fit.merged(check), width)
-    penalty = np.diag((np.arange(width) < inputs).astype(float)) * path.scale
-    on_all = _solve(all_xx + best_ridge * penalty, all_xy)
+    all_xx[np.diag_indices(inputs)] += best_ridge * path.scale  # in place; the bias takes no ridge
+    on_all = _solve(all_xx, all_xy)
     return refit, path.solution(best_ridge) if on_all is None else on_all
 
 
@@ -792,8 +794,9 @@ class RidgePath:
         if has_bias:
             x_shift, y_shift = check.mean - self.x_mean, check.partner_total / check_n - self.y_mean
             second, cross = fit.covariance(), fit.cross_covariance()
-            held = check.covariance() + np.outer(x_shift, x_shift)
-            held_cross = check.cross_covariance() + np.outer(x_shift, y_shift)
+            held, held_cross = check.covariance(), check.cross_covariance()
+            held += np.outer(x_shift, x_shift)
+            held_cross += np.outer(x_shift, y_shift)
             y_held = check.partner_total / check_n
             self.energy = check.partner_squares / check_n - 2 * self.y_mean @ y_held + self.y_mean @ self.y_mean
         else:

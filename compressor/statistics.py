@@ -10,6 +10,7 @@ the variance that raw second moments would lose to the square of the mean. Sums,
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,23 +70,27 @@ class Moments:
         both.total, both.partner_total = self.total + other.total, self.partner_total + other.partner_total
         both.shift, both.partner_shift = self.shift, self.partner_shift
         x, y = self.shift, self.partner_shift
-        both.centred_gram = (self._gram_about(x) + other._gram_about(x)).astype(self.precision)
-        both.centred_cross = (self._cross_about(x, y) + other._cross_about(x, y)).astype(self.precision)
+        both.centred_gram = _summed(self._gram_about(x), other._gram_about(x), self.precision)
+        both.centred_cross = _summed(self._cross_about(x, y), other._cross_about(x, y), self.precision)
         if self.track_partner:
-            partner = self._partner_gram_about(y) + other._partner_gram_about(y)
-            both.centred_partner_gram = partner.astype(self.precision)
+            both.centred_partner_gram = _summed(
+                self._partner_gram_about(y), other._partner_gram_about(y), self.precision
+            )
         return both
 
     def restricted(self, index: np.ndarray) -> Moments:
         """The moments of the entries of x at `index` (with the same partner)."""
-        part = Moments(len(index), self.partner_dim, self.track_partner, self.precision)
-        part.count, part.partner_squares = self.count, self.partner_squares
-        part.total, part.partner_total = self.total[index], self.partner_total
-        part.shift, part.partner_shift = self.shift[index], self.partner_shift
-        part.centred_gram = self.centred_gram[np.ix_(index, index)]
-        part.centred_cross = self.centred_cross[index]
-        part.centred_partner_gram = self.centred_partner_gram
+        part = copy(self)
+        part.restrict(index)
         return part
+
+    def restrict(self, index: np.ndarray) -> None:
+        """Keep the moments of the entries of x at `index` only, in place: the products of the others are released
+        (a 4,096-neuron layer's fit and held-out products are 336 MB, unneeded once its units are chosen)."""
+        self.dim = len(index)
+        self.total, self.shift = self.total[index], self.shift[index]
+        self.centred_gram = self.centred_gram[np.ix_(index, index)]
+        self.centred_cross = self.centred_cross[index]
 
     def mapped(self, weights: np.ndarray, bias: np.ndarray) -> Moments:
         """The moments of x against y = z W + b, from these of x against z: what a projection W of z would give,
@@ -156,6 +161,12 @@ class Moments:
         s = self.shift.astype(np.float64)
         centred_total = self.total - self.count * s
         return (np.diag(self.centred_gram).astype(np.float64) + 2 * s * centred_total + self.count * s * s) / n
+
+
+def _summed(a: np.ndarray, b: np.ndarray, precision: type) -> np.ndarray:
+    """a + b in `precision`, summed into a (neither a new sum nor a copy beside them when the type is a's)."""
+    a += b
+    return a.astype(precision, copy=False)
 
 
 def _about(centred: np.ndarray, count: int, left: tuple, right: tuple) -> np.ndarray:
