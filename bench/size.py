@@ -197,7 +197,15 @@ a layer's refits: RSS climbs from 0.8 to 2.2 GB within each layer and falls back
 reselection's eliminations hold 250 MB fewer arrays (tracemalloc, a 4,096-neuron layer), yet the peak read 2.34 GB
 (handing the C heap back after each refit, malloc_trim, took a 300 s prefix's peak only from 2.28 to 2.13 GB); on
 5285fec, where `Moments.add` centres its own copy of a batch in place and reselection's system is released before the
-refit of the kept units, 2.08 GB, 1.66x (1.5x not met), in 509 s."""
+refit of the kept units, 2.08 GB, 1.66x (1.5x not met), in 509 s. On d1f8eaa, **1.82 GB, 1.45x (1.5x: met)**, in 494 s.
+What was left: RSS against the arrays tracemalloc sees (a run stopped at recovery's entry) showed 0.94 GB resident
+where arrays held 0.03 GB, 0.66 GB of it the C heap that the FLOPs probe's session had freed (it fell to 0.28 GB on
+malloc_trim); the probes now hand it back (5f51522), which alone measured 2.13 GB, since recovery's smaller
+allocations reuse that heap. What bounds the peak is the refit of the units a reselection keeps (global allocation
+keeps up to 4,092 of a layer's 4,096 neurons): arrays peaked at 1.66 GB there, with the moments of all the units still
+held beside those of the kept ones, a penalty matrix the size of the system built to add a ridge to its diagonal, and
+the merged fit and held-out systems summed and scaled into new arrays. d1f8eaa restricts the moments in place, adds
+the ridge to the diagonal and sums and scales in place: outputs bit-identical on both shared models."""
 
 
 def main() -> None:

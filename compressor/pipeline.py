@@ -167,11 +167,12 @@ def compress(
     flops_before, sequence_length = flops_per_token(analysis.model, data, held_out)
     start = timer.stage("flops", start)
     stats = None
-    exposed = exposed_names(analysis, method in ("mi", "wanda"), recover and refit_inputs == "original")
-    session = None  # of the whole original, released before scoring, whose float64 products need room
     reselect = method == "mi" and not int4_input  # an int4 input's masks keep whole quantization blocks
     counted = _chosen_in_recovery(analysis, counts, reselect and recover, refit_inputs, allocation)
-    if method in ("mi", "wanda") and counted is None:
+    captured = method in ("mi", "wanda") and counted is None
+    exposed = exposed_names(analysis, captured, recover and refit_inputs == "original")
+    session = None  # of the whole original, released before scoring, whose float64 products need room
+    if captured:
         cross = "hidden" in granularity
         passes = len(capture_passes(analysis, cross))  # over one, capture runs a group of layers at a time
         session = fidelity.session(source, exposed) if passes == 1 else None
