@@ -349,7 +349,8 @@ def _reselect(
     masks: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, Refit, np.ndarray]:
     """The group's units to keep, chosen on the moments of all of them (`projection` reads them all), the refit on
-    the kept ones, and its weights as all of `projection`'s inputs with zeros where a unit is removed."""
+    the kept ones, and its weights as all of `projection`'s inputs with zeros where a unit is removed. `fit` and
+    `check` are left restricted to the kept units."""
     dim = analysis.dims.find(analysis.dims.axes[(projection.weight, analysis.linear(projection.weight).in_axis)])
     blocks = list(np.searchsorted(projection.rows, group.unit_major(dim)).reshape(group.units, -1))
     kept = _selection(fit, projection.has_bias, blocks, int(masks[group.name].sum()))
