@@ -61,3 +61,23 @@ def test_moments_mapped_through_a_projection_equal_those_of_its_outputs():
     np.testing.assert_allclose(mapped.cross_covariance(), direct.cross_covariance(), atol=1e-12)
     assert mapped.partner_squares == pytest.approx(direct.partner_squares)
     assert mapped.count == direct.count
+
+
+def test_restricting_in_place_gives_the_moments_of_the_entries_kept():
+    """`restrict` (in place) and `restricted` (a copy) both give what accumulating the kept entries alone gives; the
+    copy leaves the moments it came from whole."""
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((200, 7)) + 2.0, rng.standard_normal((200, 3))
+    index = np.array([0, 3, 4, 6])
+    whole, alone = Moments(7, 3), Moments(4, 3)
+    for rows in (slice(0, 90), slice(90, 200)):
+        whole.add(x[rows], y[rows])
+        alone.add(x[rows][:, index], y[rows])
+    copied = whole.restricted(index)
+    assert whole.dim == 7 and whole.centred_gram.shape == (7, 7)
+    whole.restrict(index)
+    for moments in (copied, whole):
+        assert moments.dim == 4 and moments.count == 200
+        np.testing.assert_allclose(moments.covariance(), alone.covariance(), atol=1e-12)
+        np.testing.assert_allclose(moments.cross_covariance(), alone.cross_covariance(), atol=1e-12)
+        np.testing.assert_allclose(moments.mean, alone.mean)
