@@ -20,6 +20,7 @@ import onnx
 from compressor.decoder import DecoderSignature, detect
 from compressor.errors import CalibrationError, CalibrationMismatchError
 from compressor.images import read_image_folder
+from compressor.tokenizer import fast_tokenizer
 from graph_passes.shape_probe import image_sizes
 from user_errors import first_line
 
@@ -379,17 +380,16 @@ def has_tokenizer(path: Path | None) -> bool:
 
 
 def load_tokenizer(path: Path | None, inputs: list[ModelInput], max_length: int | None = None):
-    """A Hugging Face tokenizer from a folder; it must produce every input the model takes, and `max_length` must
-    not pass the longest sequence it declares."""
+    """A Hugging Face tokenizer from a folder (run by `tokenizers` alone where transformers would run tokenizer.json
+    as saved: `compressor.tokenizer`); it must produce every input the model takes, and `max_length` must not pass
+    the longest sequence it declares."""
     if not has_tokenizer(path):
         where = path or "the model's folder"
         raise CalibrationError(f"no tokenizer in {where}; pass --tokenizer with a folder holding tokenizer.json")
-    import transformers
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+            tokenizer = fast_tokenizer(path) or _transformers_tokenizer(path)
             produced = set(tokenizer("a").keys())
     except Exception as exc:  # any failure to read the user's tokenizer files is theirs to fix
         raise CalibrationError(
@@ -408,6 +408,12 @@ def load_tokenizer(path: Path | None, inputs: list[ModelInput], max_length: int 
             f"--max-length {max_length} is longer than the model's {longest} tokens; use at most {longest}"
         )
     return tokenizer
+
+
+def _transformers_tokenizer(path: Path):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(str(path))
 
 
 def _from_npz(path: Path, inputs: list[ModelInput], samples: int, decoder: DecoderSignature | None) -> Calibration:
