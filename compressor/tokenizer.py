@@ -57,7 +57,7 @@ class FastTokenizer:
         max_length: int | None = None,
         padding: bool = False,
         return_tensors: str | None = None,
-        verbose: bool = True,
+        verbose: bool = True,  # taken as transformers' tokenizers take it: nothing here warns
     ) -> dict:
         texts = [text] if isinstance(text, str) else list(text)
         batch = texts if text_pair is None else list(zip(texts, text_pair))
