@@ -1,6 +1,6 @@
 """A model past the protobuf limit (2 GB), built with numpy and onnx helpers (`bench.large_models`), compressed by the
 command line: written with external data, loadable from its path, smaller, and with the peak memory in the report.
-Slow (35 minutes on a 2-core machine with stream refits and reselection, 89bb9a2; memory: BENCHMARKS.md's size
+Slow (23 minutes on a 2-core machine, f33575d; 35 on 89bb9a2; memory: BENCHMARKS.md's size
 section): left out of CI by the `slow` marker (`pytest -m slow` runs it)."""
 
 from __future__ import annotations
