@@ -312,15 +312,17 @@ def recover(
         refits.append(refit)
         if progress:
             progress(1)
+    rechosen = pruned is None  # every pruned group chosen here: the slice compared with is of the units chosen
     if chosen:
-        model = _sliced_refits(analysis, final, model, written, data)
+        sliced = apply_masks(analysis, final, data=data)
+        model = _sliced_refits(analysis, final, sliced, model, written, data)
+        if rechosen:
+            pruned, masks = sliced, final
+        del sliced  # unless compared with, released once the refit model is its copy
     share_equal_initializers(model)
     if reference is None:
         reference = output_reference(original or session(analysis.model), calibration, indices, batch_size)
     del original  # the models compared below run alone
-    rechosen = pruned is None  # every pruned group chosen here: the slice compared with is of the units chosen
-    if rechosen:
-        pruned, masks = apply_masks(analysis, final, data=data), final
     error = {name: _output_error(reference, m) for name, m in (("sliced", pruned), ("refit", model))}
     recovery = Recovery(model, refits, error, final, chosen, pruned)
     return recovery if recovery.kept else Recovery(pruned, refits, error, masks, chosen if rechosen else [], pruned)
@@ -375,13 +377,15 @@ def _selection(fit: Moments, has_bias: bool, blocks: list[np.ndarray], count: in
 def _sliced_refits(
     analysis: GraphAnalysis,
     masks: dict[str, np.ndarray],
+    sliced: onnx.ModelProto,
     work: onnx.ModelProto,
     written: list[Projection],
     data: DataFile | None,
 ) -> onnx.ModelProto:
-    """The model `masks` make of the original, with the weights that recovery wrote into `work` (the model in which
-    the chosen groups kept every unit) cut to the units kept."""
-    model = normalize(apply_masks(analysis, masks, data=data))
+    """`sliced`, the model `masks` make of the original, normalised (a copy: `sliced` is left as it is), with the
+    weights that recovery wrote into `work` (the model in which the chosen groups kept every unit) cut to the units
+    kept."""
+    model = normalize(sliced)
     values = {t.name: t for t in work.graph.initializer}
     for projection in written:
         final = _projection(analysis, masks, projection.weight, projection.layer, projection.kind)
