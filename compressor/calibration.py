@@ -67,6 +67,13 @@ class Calibration:
     lengths: np.ndarray | None = field(default=None, repr=False)
     decoder: DecoderSignature | None = None  # a decoder's feeds get empty caches and position ids
 
+    def __post_init__(self) -> None:
+        if self.texts and getattr(self.tokenizer, "pad_token_id", None) is None:
+            raise CalibrationError(
+                f"the tokenizer has no padding token, which batches of the texts of {self.source} need; add a "
+                '"pad_token" to its tokenizer_config.json, or use .npz calibration'
+            )
+
     def __len__(self) -> int:
         return len(self.texts) if self.texts else len(next(iter(self.arrays.values())))
 

@@ -69,6 +69,17 @@ def _tokenizer_copy(folder: Path) -> None:
         (folder / "tok" / name).write_bytes((folder.parent / "m" / name).read_bytes())
 
 
+def _drop_padding(folder: Path) -> None:
+    """The copied tokenizer without its padding token (in tokenizer_config.json, special_tokens_map.json and the
+    padding that tokenizer.json saved)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        config = json.loads((folder / name).read_text())
+        config.pop("pad_token", None)
+        (folder / name).write_text(json.dumps(config))
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text(json.dumps({**saved, "padding": None}))
+
+
 GENAI_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "genai" / "llama-gqa-fp32"
 
 
@@ -337,6 +348,13 @@ CASES = [
             (t / "tok" / "tokenizer.json").write_text("{"),
             (t / "tok" / "vocab.txt").unlink(),
         ),
+    ),
+    Case(
+        "tokenizer-no-padding",
+        "a tokenizer without a padding token, for texts that are batched",
+        (*RUN, *CALIB, "--tokenizer", "{t}/tok"),
+        "the tokenizer has no padding token",
+        lambda t: (_tokenizer_copy(t), _drop_padding(t / "tok")),
     ),
     # models
     Case("model-missing", "a model path that does not exist", ("{t}/none.onnx",), "no such file"),
