@@ -24,7 +24,7 @@ import onnx
 import onnxruntime as ort
 
 from compressor.calibration import Calibration
-from compressor.statistics import Moments
+from compressor.statistics import Gathered, Moments
 from graph_passes import GraphAnalysis, UnsupportedGraphError, computed_before, layer_cuts, truncated
 from graph_passes.external_data import weight_bytes
 from graph_passes.sessions import cpu_session
@@ -325,9 +325,9 @@ def _pass(
     moments of the layers `taps`, the norms of the stream's other readers' `inputs`, and on the `last` pass the
     head's."""
     plan = plan_capture(analysis)
-    layers = [Moments(t.size, precision=np.float32) for t in taps]  # the largest state: float32 (`statistics`)
+    layers = [Gathered(Moments(t.size, precision=np.float32)) for t in taps]  # the largest state: float32
     hidden_size = analysis.values[plan.layers[0].hidden_tensor].shape[-1]
-    hidden = [Moments(hidden_size, t.size if stream_cross else 0, precision=np.float32) for t in taps]
+    hidden = [Gathered(Moments(hidden_size, t.size if stream_cross else 0, precision=np.float32)) for t in taps]
     top_dim, top_kind = _top_signal_shape(analysis, plan, calibration)
     top_hidden = Moments(hidden_size, top_dim, track_partner=True) if plan.top_hidden and last else None
     readers = {name: SquareSums(hidden_size) for name in inputs}
@@ -347,6 +347,7 @@ def _pass(
         done += count
         if progress:
             progress(count)
+    layers, hidden = [m.result() for m in layers], [m.result() for m in hidden]
     return CapturedStats(plan, layers, hidden, top_hidden, top_kind if top_hidden is not None else "output", readers)
 
 

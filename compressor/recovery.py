@@ -53,7 +53,7 @@ from compressor.calibration import Calibration
 from compressor.capture import batch_length, plan_capture, token_mask, token_rows
 from compressor.fidelity import ROWS, Reference, output_width, outputs_of, run_size, session
 from compressor.scoring import refit_selection
-from compressor.statistics import Moments
+from compressor.statistics import Gathered, Moments
 from graph_passes import (
     ChannelGroup,
     GraphAnalysis,
@@ -442,7 +442,7 @@ def _layer_moments(
     original: ort.InferenceSession, mine: list[Projection], batches: list[Batch]
 ) -> list[tuple[Moments, Moments]]:
     """Fit and held-out moments of the projections `mine` (of one or more layers), from one pass of the original."""
-    moments = [tuple(Moments(len(p.rows), len(p.columns)) for _ in range(2)) for p in mine]
+    moments = [tuple(Gathered(Moments(len(p.rows), len(p.columns))) for _ in range(2)) for p in mine]
     names = list(dict.fromkeys(name for p in mine for name in p.activations))
     for batch in batches:
         values = dict(zip(names, original.run(names, batch.feeds)))
@@ -450,7 +450,7 @@ def _layer_moments(
             for activation in projection.activations:
                 z = token_rows(values[activation], batch.tokens)
                 (check if batch.held_out else fit).add(z[:, projection.rows], projection.outputs(z))
-    return moments
+    return [(fit.result(), check.result()) for fit, check in moments]
 
 
 def _sequential_moments(
@@ -521,13 +521,13 @@ def _compensated_moments(
             if len(names) == 1 and not any(map(_narrower_output, run)):  # readers of the stream: y = z W + b
                 yield from _mapped_moments(run, _runs(model, names, batches, pruned_state), batches, kept[names[0]])
                 continue
-            moments = [tuple(Moments(len(p.rows), len(p.columns)) for _ in range(2)) for p in run]
+            moments = [tuple(Gathered(Moments(len(p.rows), len(p.columns))) for _ in range(2)) for p in run]
             for index, (batch, values) in enumerate(zip(batches, _runs(model, names, batches, pruned_state))):
                 activation, *stream = (token_rows(values[n], batch.tokens) for n in names)
                 for projection, (fit, check) in zip(run, moments):
                     target = _original_target(projection, kept, names, index)
                     (check if batch.held_out else fit).add(activation, target - stream[0] if stream else target)
-            yield from moments
+            yield from ((fit.result(), check.result()) for fit, check in moments)
         if position + 1 < len(layers):
             following = pruned_cuts[position + 1]
             pruned_state = [
@@ -543,9 +543,11 @@ def _mapped_moments(
     each projection's own then follow from its weights (`Moments.mapped`), without computing its outputs."""
     name = run[0].activations[0]
     # only held-out errors need ‖y‖², and the products of z that give it
-    fit, check = Moments(len(run[0].rows), run[0].inputs), Moments(len(run[0].rows), run[0].inputs, track_partner=True)
+    fit = Gathered(Moments(len(run[0].rows), run[0].inputs))
+    check = Gathered(Moments(len(run[0].rows), run[0].inputs, track_partner=True))
     for index, (batch, found) in enumerate(zip(batches, values)):
         (check if batch.held_out else fit).add(token_rows(found[name], batch.tokens), original[index])
+    fit, check = fit.result(), check.result()
     for projection in run:
         target = projection.target
         yield fit.mapped(target[:-1], target[-1]), check.mapped(target[:-1], target[-1])
@@ -600,11 +602,11 @@ def _whole_model_moments(
     """x = what `model` computes at the kept inputs, y = the original projection's outputs, both models run from the
     graph inputs: for a reader of the stream past the last layer (a pooler), after every layer's refit."""
     runs = [session(truncated(m, [projection.activations[0]])) for m in (original, model)]
-    fit, check = (Moments(len(projection.rows), len(projection.columns)) for _ in range(2))
+    fit, check = (Gathered(Moments(len(projection.rows), len(projection.columns))) for _ in range(2))
     for batch in batches:
         before, after = (token_rows(run.run(None, batch.feeds)[0], batch.tokens) for run in runs)
         (check if batch.held_out else fit).add(after, projection.outputs(before))
-    return fit, check
+    return fit.result(), check.result()
 
 
 def residual_stream(model: onnx.ModelProto, node_index: int) -> str | None:
@@ -724,10 +726,10 @@ def _moments(
 ) -> tuple[Moments, Moments]:
     """Moments of x (the pruned model's kept units) with partner y (the original projection's outputs), over the
     unpadded tokens of the fit and of the held-out batches."""
-    fit, check = (Moments(len(projection.rows), len(projection.columns)) for _ in range(2))
+    fit, check = (Gathered(Moments(len(projection.rows), len(projection.columns))) for _ in range(2))
     for batch, x, y in zip(batches, activations, targets):
         (check if batch.held_out else fit).add(token_rows(x, batch.tokens), y)
-    return fit, check
+    return fit.result(), check.result()
 
 
 def _system(moments: Moments, width: int) -> tuple[np.ndarray, np.ndarray, float]:

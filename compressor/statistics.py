@@ -180,3 +180,44 @@ def _about(centred: np.ndarray, count: int, left: tuple, right: tuple) -> np.nda
         a_centred, b_centred = a_total - count * s.astype(np.float64), b_total - count * t.astype(np.float64)
         result += np.stack([a_centred, delta_a], axis=1) @ np.stack([delta_b, b_centred + count * delta_b])
     return result
+
+
+GATHER_ROWS = 2048
+GATHER_BYTES = 2**25  # 32 MiB: wide layers' batches go on sooner (TinyLlama's 7,680 units: at 1,092 rows)
+
+
+class Gathered:
+    """Rows on their way to `moments`, added a few batches at once: `GATHER_ROWS` rows, or fewer that hold
+    `GATHER_BYTES` (a batch that large goes straight through). BLAS forms the products of a few hundred rows at two
+    thirds of the speed it reaches with two thousand (minilm-sst2's FFN, 1,536 wide: 22.7 ms for 376 rows, 15.1 ms
+    per 376 in 2,048)."""
+
+    def __init__(self, moments: Moments) -> None:
+        self.moments = moments
+        self._rows: list[np.ndarray] = []
+        self._partners: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray, partner: np.ndarray | None = None) -> None:
+        self._rows.append(rows)
+        if partner is not None:
+            self._partners.append(partner)
+        if (
+            sum(map(len, self._rows)) >= GATHER_ROWS
+            or sum(p.nbytes for p in self._rows + self._partners) >= GATHER_BYTES
+        ):
+            self._flush()
+
+    def result(self) -> Moments:
+        """The moments of every row added."""
+        self._flush()
+        return self.moments
+
+    def _flush(self) -> None:
+        if self._rows:
+            rows, self._rows = _joined(self._rows), []
+            partner, self._partners = (_joined(self._partners) if self._partners else None), []
+            self.moments.add(rows, partner)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
