@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from compressor.batch_store import Spill, Stored
 from compressor.calibration import Calibration
 from compressor.capture import batch_length, plan_capture, token_mask, token_rows
 from compressor.fidelity import ROWS, Reference, output_width, outputs_of, run_size, session
@@ -293,8 +294,11 @@ def recover(
         moments = _original_moments(original, found, batches)
     else:
         layered = [p for p in found if p.layer is not None]
+        spill = Spill(data.path.parent if data is not None else None)  # the workspace, when there is one
         moments = chain(
-            (_sequential_moments if inputs == "pruned" else _compensated_moments)(analysis, model, layered, batches),
+            (_sequential_moments if inputs == "pruned" else _compensated_moments)(
+                analysis, model, layered, batches, spill
+            ),
             (_whole_model_moments(analysis.model, model, p, batches) for p in found if p.layer is None),
         )
     final, refits, written = dict(masks), [], []
@@ -454,12 +458,12 @@ def _layer_moments(
 
 
 def _sequential_moments(
-    analysis: GraphAnalysis, model: onnx.ModelProto, found: list[Projection], batches: list[Batch]
+    analysis: GraphAnalysis, model: onnx.ModelProto, found: list[Projection], batches: list[Batch], spill: Spill
 ) -> Iterator[tuple[Moments, Moments]]:
     """For every projection in graph order, x = what `model` computes at the kept inputs, y = the original outputs.
 
     Lazy: the caller writes each refit into `model` before asking for the next. Layer by layer, each model's input
-    to the layer is kept per batch, so every run covers one layer only.
+    to the layer is kept per batch (in `spill`'s lists), so every run covers one layer only.
     """
     layers = plan_capture(analysis).layers
     original_state = pruned_state = None
@@ -467,17 +471,20 @@ def _sequential_moments(
         cut = {} if position == 0 else {taps.hidden_tensor: analysis.values[taps.hidden_tensor].dtype}
         after = [layers[position + 1].hidden_tensor] if position + 1 < len(layers) else []
         mine = [p for p in found if p.layer == taps.layer]
-        targets, original_next = _targets(analysis.model, mine, after, cut, batches, original_state)
+        targets, original_next = _targets(analysis.model, mine, after, cut, batches, original_state, spill)
         for projection, target in zip(mine, targets):
             activations = _layer_outputs(model, [projection.activations[0]], cut, batches, pruned_state)
             yield _moments(projection, batches, (a[0] for a in activations), target)
         if after:
             original_state = original_next
-            pruned_state = [outputs[0] for outputs in _layer_outputs(model, after, cut, batches, pruned_state)]
+            next_pruned = spill.stored()
+            for outputs in _layer_outputs(model, after, cut, batches, pruned_state):
+                next_pruned.append(outputs[0])
+            pruned_state = next_pruned
 
 
 def _compensated_moments(
-    analysis: GraphAnalysis, model: onnx.ModelProto, found: list[Projection], batches: list[Batch]
+    analysis: GraphAnalysis, model: onnx.ModelProto, found: list[Projection], batches: list[Batch], spill: Spill
 ) -> Iterator[tuple[Moments, Moments]]:
     """For every projection in graph order, x = what `model` computes at the kept inputs, y = the original
     projection's output plus what the pruned model's stream lacks where that output is added (the original stream
@@ -491,7 +498,7 @@ def _compensated_moments(
     both models from the graph inputs for every projection cost a pass of all the layers below each time (quadratic
     in depth) and two sessions over nearly the whole model per projection. The original's side is kept per batch as
     the tensors the layer's projections read (once for Q, K and V), or as a projection's output where that is
-    narrower (FFN down).
+    narrower (FFN down). What is kept per batch is held in `spill`'s lists (in files beyond its budget).
     """
     layers = plan_capture(analysis).layers
     mine = [[p for p in found if p.layer == taps.layer] for taps in layers]
@@ -503,16 +510,16 @@ def _compensated_moments(
     for position, projections in enumerate(mine):
         following = original_cuts[position + 1] if position + 1 < len(layers) else []
         names = list(dict.fromkeys(read[position] + following))
-        kept: dict[str, list[np.ndarray]] = {}  # per projection output, or per tensor read: a list over batches
-        next_state = []
+        kept: dict[str, Stored] = {}  # per projection output, or per tensor read: a list over batches
+        next_state = spill.stored()
         for batch, values in zip(batches, _runs(analysis.model, names, batches, original_state)):
             rows = {name: token_rows(values[name], batch.tokens) for name in read[position]}
             for projection in projections:
                 activation, *stream = _read(projection, streams)
                 if _narrower_output(projection):
-                    kept.setdefault(projection.weight, []).append(projection.outputs(rows[activation]))
+                    _stored(kept, projection.weight, spill).append(projection.outputs(rows[activation]))
                 for name in ([] if _narrower_output(projection) else [activation]) + stream:
-                    if len(kept.setdefault(name, [])) == len(next_state):  # once per batch
+                    if len(_stored(kept, name, spill)) == len(next_state):  # once per batch
                         kept[name].append(rows[name])
             next_state.append({name: values[name] for name in following})
         original_state = next_state
@@ -530,13 +537,21 @@ def _compensated_moments(
             yield from ((fit.result(), check.result()) for fit, check in moments)
         if position + 1 < len(layers):
             following = pruned_cuts[position + 1]
-            pruned_state = [
-                {name: values[name] for name in following} for values in _runs(model, following, batches, pruned_state)
-            ]
+            next_pruned = spill.stored()
+            for values in _runs(model, following, batches, pruned_state):
+                next_pruned.append({name: values[name] for name in following})
+            pruned_state = next_pruned
+
+
+def _stored(kept: dict[str, Stored], name: str, spill: Spill) -> Stored:
+    """The list kept under `name`, a new one at first."""
+    if name not in kept:
+        kept[name] = spill.stored()
+    return kept[name]
 
 
 def _mapped_moments(
-    run: list[Projection], values: Iterator[dict[str, np.ndarray]], batches: list[Batch], original: list[np.ndarray]
+    run: list[Projection], values: Iterator[dict[str, np.ndarray]], batches: list[Batch], original: Sequence[np.ndarray]
 ) -> Iterator[tuple[Moments, Moments]]:
     """The moments of projections that read one tensor and add to no stream (Q, K and V; gate and up): x from the
     pruned model's `values`, against the original tensor z they read (`original`, per batch), once for all of them;
@@ -558,7 +573,7 @@ def _narrower_output(projection: Projection) -> bool:
     return len(projection.columns) < projection.inputs
 
 
-def _original_target(projection: Projection, kept: dict[str, list[np.ndarray]], names: list[str], batch: int):
+def _original_target(projection: Projection, kept: dict[str, Stored], names: list[str], batch: int):
     """The original projection's output for batch `batch` (from its kept output, or from the tensor it reads), plus
     the original stream it is added to, at the kept outputs."""
     activation, *stream = names
@@ -580,7 +595,7 @@ def _read(projection: Projection, streams: dict[str, str | None]) -> list[str]:
 
 
 def _runs(
-    model: onnx.ModelProto, names: list[str], batches: list[Batch], state: list[dict[str, np.ndarray]] | None
+    model: onnx.ModelProto, names: list[str], batches: list[Batch], state: Sequence[dict[str, np.ndarray]] | None
 ) -> Iterator[dict[str, np.ndarray]]:
     """`names` batch by batch, from the values in `state` (what the layers below computed, per batch; from the graph
     inputs when None) of which those named are passed on as they are. When every name is passed on (a projection that
@@ -692,7 +707,7 @@ def _layer_outputs(
     names: list[str],
     cut: dict[str, np.dtype],
     batches: list[Batch],
-    state: list[np.ndarray] | None,
+    state: Sequence[np.ndarray] | None,
 ) -> Iterator[list[np.ndarray]]:
     """`names` computed batch by batch, from the layer's input in `state` (from the graph inputs when None)."""
     run = session(truncated(model, names, cut))
@@ -708,21 +723,23 @@ def _targets(
     after: list[str],
     cut: dict[str, np.dtype],
     batches: list[Batch],
-    state: list[np.ndarray] | None,
-) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+    state: Sequence[np.ndarray] | None,
+    spill: Spill,
+) -> tuple[list[Stored], Stored]:
     """Per projection and batch, the original projection's outputs at unpadded tokens; and the next layer's input."""
-    targets: list[list[np.ndarray]] = [[] for _ in mine]
-    following = []
+    targets = [spill.stored() for _ in mine]
+    following = spill.stored()
     names = [p.activations[0] for p in mine] + after
     for batch, outputs in zip(batches, _layer_outputs(original, names, cut, batches, state)):
         for found, projection, z in zip(targets, mine, outputs):
             found.append(projection.outputs(token_rows(z, batch.tokens)))
-        following.extend(outputs[len(mine) :])
+        for value in outputs[len(mine) :]:
+            following.append(value)
     return targets, following
 
 
 def _moments(
-    projection: Projection, batches: list[Batch], activations: Iterator[np.ndarray], targets: list[np.ndarray]
+    projection: Projection, batches: list[Batch], activations: Iterator[np.ndarray], targets: Sequence[np.ndarray]
 ) -> tuple[Moments, Moments]:
     """Moments of x (the pruned model's kept units) with partner y (the original projection's outputs), over the
     unpadded tokens of the fit and of the held-out batches."""

@@ -8,6 +8,7 @@ import pytest
 import tiny_decoders
 
 from compressor import recovery
+from compressor.batch_store import STORE_BYTES, Spill
 from compressor.capture import token_rows
 from compressor.fidelity import session
 from compressor.statistics import Moments
@@ -33,12 +34,15 @@ def _whole_model_moments(analysis, pruned, projection, batches) -> tuple[Moments
     return fit, check
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_layer_by_layer_moments_equal_whole_model_runs(decoder_cache, family, tmp_path):
+@pytest.mark.parametrize(("family", "budget"), [("gpt2", STORE_BYTES), ("llama", STORE_BYTES), ("llama", 0)])
+def test_layer_by_layer_moments_equal_whole_model_runs(decoder_cache, family, budget, tmp_path):
+    """Also with every batch kept in files (a budget of 0 bytes): what is read back is what was kept."""
     analysis, masks, batches = _setup(decoder_cache, family, tmp_path)
     pruned = normalize(apply_masks(analysis, masks))
     found = recovery.projections(analysis, masks)
-    got = list(recovery._compensated_moments(analysis, pruned, found, batches))  # no refit written: the sliced model
+    spill = Spill(tmp_path, budget)
+    got = list(recovery._compensated_moments(analysis, pruned, found, batches, spill))  # the sliced model: no refit
+    assert spill.held == 0 and not list(tmp_path.glob("mi-compressor-batches-*/*"))  # released as the pass ends
     assert len(got) == len(found) == 4
     for projection, moments in zip(found, got):
         for have, want in zip(moments, _whole_model_moments(analysis, pruned, projection, batches)):
@@ -56,7 +60,7 @@ def test_each_run_past_the_first_layer_reads_that_layer_only(decoder_cache, fami
     truncated = recovery.truncated
     monkeypatch.setattr(recovery, "truncated", lambda *given: made.append(truncated(*given)) or made[-1])
     found = recovery.projections(analysis, masks)
-    for _ in recovery._compensated_moments(analysis, normalize(apply_masks(analysis, masks)), found, batches):
+    for _ in recovery._compensated_moments(analysis, normalize(apply_masks(analysis, masks)), found, batches, Spill()):
         pass
     declared = len(analysis.model.graph.input)
     cut = [m for m in made if len(m.graph.input) > declared]  # fed with a layer's cut: all but the first layer's

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compressor.statistics import Moments
+from compressor import statistics
+from compressor.statistics import Gathered, Moments
 
 
 def _rows(rng: np.random.Generator, count: int, dim: int, mean: float, spread: float) -> np.ndarray:
@@ -81,3 +82,22 @@ def test_restricting_in_place_gives_the_moments_of_the_entries_kept():
         np.testing.assert_allclose(moments.covariance(), alone.covariance(), atol=1e-12)
         np.testing.assert_allclose(moments.cross_covariance(), alone.cross_covariance(), atol=1e-12)
         np.testing.assert_allclose(moments.mean, alone.mean)
+
+
+def test_gathered_rows_reach_the_moments_a_few_batches_at_once(monkeypatch):
+    """Batches wait until they hold GATHER_ROWS rows; the moments are those of every row, as if added one by one."""
+    monkeypatch.setattr(statistics, "GATHER_ROWS", 50)
+    rng = np.random.default_rng(3)
+    direct, gathered = Moments(6, 3), Gathered(Moments(6, 3))
+    counts = []
+    for rows in (5, 40, 7, 300, 2):
+        x, y = rng.standard_normal((rows, 6)), rng.standard_normal((rows, 3))
+        direct.add(x, y)
+        gathered.add(x, y)
+        counts.append(gathered.moments.count)
+    assert counts == [0, 0, 52, 352, 352]
+    result = gathered.result()
+    assert result.count == direct.count == 354
+    np.testing.assert_allclose(result.gram, direct.gram, rtol=1e-12)
+    np.testing.assert_allclose(result.cross, direct.cross, rtol=1e-12)
+    assert result.partner_squares == pytest.approx(direct.partner_squares, rel=1e-12)
