@@ -67,12 +67,11 @@ def mi_masks(
     itself, smaller than what a layer above reads, and counted with the others they emptied it (1 head and 10
     neurons at keep 0.4 on minilm-sst2, 1.4 points below uniform).
     """
-    precisions: dict[int, list[np.ndarray]] = {}  # per layer: its units' precisions, the same in both passes
     if allocation == "global":
         losses: dict[str, np.ndarray] = {}
-        _top_down(stats, analysis, counts, precisions, losses)
+        _top_down(stats, analysis, counts, losses)
         counts = {**counts, **budget.reallocate(analysis, counts, losses)}
-    masks = _top_down(stats, analysis, counts, precisions)
+    masks = _top_down(stats, analysis, counts)
     for name in counts.keys() - masks.keys():  # not one layer's units (MPNet's heads share a position bias)
         masks[name] = top_k(magnitude_scores(analysis, analysis.group(name)), counts[name])
     return {name: mask for name, mask in masks.items() if name in counts}
@@ -82,14 +81,11 @@ def _top_down(
     stats: CapturedStats,
     analysis: GraphAnalysis,
     counts: dict[str, int],
-    precisions: dict[int, list[np.ndarray]],
     losses: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The layers' masks from the top down (and the hidden stream's); with `losses`, each layer's removal losses
     (`layer_curves`) are also recorded there, under the masks chosen above it; the top layer records none, and the
-    hidden stream is not chosen (the pass after reallocation chooses it). `precisions` holds each layer's inverted
-    covariances (`ReadLoss`), filled by the first pass: a second pass differs only in what the layer above reads
-    (its grams), and the inverses were half of scoring's time."""
+    hidden stream is not chosen (the pass after reallocation chooses it)."""
     masks: dict[str, np.ndarray] = {}
     layers = stats.plan.layers
     hidden_kept: list[np.ndarray] = [np.array([], dtype=int)] * len(layers)
@@ -98,8 +94,7 @@ def _top_down(
         written, reads = _read_through(analysis, taps, layers[i + 1] if i + 1 < len(layers) else None, masks)
         units = analysis.group(taps.heads).units, taps.ffn_size
         wanted = counts.get(taps.heads, units[0]), counts.get(taps.ffn, units[1])
-        kinds = read_systems(stats.layers[i], written, reads, units, precisions.get(i))
-        precisions[i] = [system.precision for system, _ in kinds]
+        kinds = read_systems(stats.layers[i], written, reads, units)
         if losses is None or i == len(layers) - 1:  # the top layer is read by no layer: another currency
             masks[taps.heads], masks[taps.ffn] = layer_masks(kinds, wanted)
         else:
@@ -121,22 +116,17 @@ def _top_down(
 Kind = tuple["ReadLoss", list[np.ndarray]]  # one kind of a layer's units: its system and its blocks of dimensions
 
 
-def read_systems(
-    moments: Moments,
-    written: np.ndarray,
-    reads: np.ndarray | None,
-    units: tuple[int, int],
-    precisions: list[np.ndarray] | None = None,
-) -> list[Kind]:
+def read_systems(moments: Moments, written: np.ndarray, reads: np.ndarray | None, units: tuple[int, int]) -> list[Kind]:
     """A layer's two kinds of units (heads' dimensions in units[0] equal blocks, then units[1] neurons), each with its
-    `ReadLoss` system: the inverse of their covariance (of `moments`, over the layer's units; `precisions` when
-    already inverted) and G = (W R)(W R)ᵀ, W their rows of `written`, R `reads` (`_read_through`). Only the two
-    diagonal blocks are formed, each kind being eliminated against its own kind only."""
+    `ReadLoss` system: their covariance (of `moments`, over the layer's units) and G = (W R)(W R)ᵀ, W their rows of
+    `written`, R `reads` (`_read_through`). Only the two diagonal blocks are formed, each kind being eliminated
+    against its own kind only."""
     kinds = _layer_kinds(moments.dim, units)
     grams = _read_grams([written[dims] for dims, _ in kinds], reads)
-    if precisions is None:
-        precisions = [np.linalg.inv(_ridge(moments.restricted(dims).covariance())) for dims, _ in kinds]
-    return [(ReadLoss(precision, gram), blocks) for (_, blocks), gram, precision in zip(kinds, grams, precisions)]
+    return [
+        (ReadLoss(_ridge(moments.restricted(dims).covariance()), gram), blocks)
+        for (dims, blocks), gram in zip(kinds, grams)
+    ]
 
 
 def _read_grams(parts: list[np.ndarray], reads: np.ndarray | None) -> list[np.ndarray]:
@@ -221,14 +211,13 @@ class InformationLoss:
 
 @dataclass(frozen=True)
 class ReadLoss:
-    """Variance read above that the rest cannot explain: tr(((Σ_U)⁻¹_bb)⁻¹ G_bb), G = (W R)(W R)ᵀ; given the
-    precision Σ_U⁻¹, which passes at other counts share (`read_systems`)."""
+    """Variance read above that the rest cannot explain: tr(((Σ_U)⁻¹_bb)⁻¹ G_bb), G = (W R)(W R)ᵀ."""
 
-    precision: np.ndarray
+    covariance: np.ndarray
     gram: np.ndarray
 
     def inverted(self) -> list[np.ndarray]:
-        return [self.precision]
+        return [np.linalg.inv(self.covariance)]
 
     def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
         result = np.empty(len(widths))

@@ -103,12 +103,12 @@ def test_read_loss_is_the_variance_the_rest_cannot_explain():
     )
     cov = np.cov(units.T)
     read = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    system = ReadLoss(np.linalg.inv(cov), read @ read.T)
+    system = ReadLoss(cov, read @ read.T)
     loss = system.losses([np.linalg.inv(cov)], np.ones(3, dtype=int), np.arange(3))
     expected = [1 / np.linalg.inv(cov)[i, i] for i in range(3)]  # conditional variance of each unit given the rest
     assert np.allclose(loss, expected)
     assert loss[2] > loss[0]
-    unread = ReadLoss(np.linalg.inv(cov), np.diag([1.0, 1.0, 0.0]))
+    unread = ReadLoss(cov, np.diag([1.0, 1.0, 0.0]))
     assert unread.losses([np.linalg.inv(cov)], np.ones(3, dtype=int), np.arange(3))[2] == 0
     alive = _eliminate([system], [np.array([i]) for i in range(3)], 2)
     assert alive[2] and alive.sum() == 2
@@ -119,7 +119,7 @@ def test_read_loss_scores_a_head_as_a_block():
     rng = np.random.default_rng(5)
     cov = np.cov(rng.standard_normal((500, 4)) @ rng.standard_normal((4, 4)), rowvar=False)
     read = rng.standard_normal((4, 3))
-    loss = ReadLoss(np.linalg.inv(cov), read @ read.T).losses([np.linalg.inv(cov)], np.array([2, 2]), np.arange(4))
+    loss = ReadLoss(cov, read @ read.T).losses([np.linalg.inv(cov)], np.array([2, 2]), np.arange(4))
     precision = np.linalg.inv(cov)
     for block, value in zip((slice(0, 2), slice(2, 4)), loss):
         conditional = np.linalg.inv(precision[block, block])
@@ -136,12 +136,12 @@ def test_a_head_is_not_dropped_because_the_neurons_computed_from_it_repeat_it():
     neurons = head0 + 0.05 * rng.standard_normal((50_000, 2))
     cov = np.cov(np.hstack([head0, head1, neurons]).T)
     kinds = [
-        (ReadLoss(np.linalg.inv(_ridge(cov[:4, :4])), np.eye(4)), [np.arange(2), np.arange(2, 4)]),
-        (ReadLoss(np.linalg.inv(_ridge(cov[4:, 4:])), np.eye(2)), [np.array([0]), np.array([1])]),
+        (ReadLoss(_ridge(cov[:4, :4]), np.eye(4)), [np.arange(2), np.arange(2, 4)]),
+        (ReadLoss(_ridge(cov[4:, 4:]), np.eye(2)), [np.array([0]), np.array([1])]),
     ]
     heads, kept_neurons = layer_masks(kinds, (1, 2))
     assert heads.tolist() == [True, False] and kept_neurons.all()
-    joint = ReadLoss(np.linalg.inv(cov), np.eye(6)).losses([np.linalg.inv(cov)], np.array([2, 2, 1, 1]), np.arange(6))
+    joint = ReadLoss(cov, np.eye(6)).losses([np.linalg.inv(cov)], np.array([2, 2, 1, 1]), np.arange(6))
     assert joint[0] < joint[1]  # one system over heads and neurons would rank the strong head below the weak one
 
 
