@@ -168,7 +168,8 @@ def compress(
     start = timer.stage("flops", start)
     stats = None
     reselect = method == "mi" and not int4_input  # an int4 input's masks keep whole quantization blocks
-    counted = _chosen_in_recovery(analysis, counts, reselect and recover, refit_inputs, allocation)
+    rechosen = reselect and recover and refit_inputs == "stream"  # recovery chooses the units again
+    counted = _chosen_in_recovery(analysis, counts) if rechosen and allocation == "uniform" else None
     captured = method in ("mi", "wanda") and counted is None
     exposed = exposed_names(analysis, captured, recover and refit_inputs == "original")
     session = None  # of the whole original, released before scoring, whose float64 products need room
@@ -189,13 +190,17 @@ def compress(
     written = DataFile(Path(workspace) / SLICED_DATA) if workspace else None  # sliced and refit weights
     masks, signal, pruned, flops_after = counted, "stream", None, None  # recovery chooses and slices
     if counted is None:
-        masks = whole_blocks(
-            quantized_source, analysis, scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
-        )
+        if rechosen and allocation == "global":  # then scoring's only decision is the counts
+            masks = counted = _chosen_in_recovery(analysis, scoring.reallocated(stats, analysis, counts))
+        if counted is None:
+            masks = whole_blocks(
+                quantized_source, analysis, scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
+            )
         signal = stats.top_kind if stats else None
         del stats  # a layer's moments are (units x units): released once the masks are chosen
         return_freed_memory()
         start = timer.stage("scoring", start)
+    if counted is None:
         pruned = apply_masks(analysis, masks, data=written)
         start = timer.stage("prune", start)
         flops_after = flops_per_token(pruned, data, held_out)[0]  # before fusion hides the attention products
@@ -296,15 +301,13 @@ def _references(
     return checked, fidelity.Reference(outputs, folder) if recover else None
 
 
-def _chosen_in_recovery(
-    analysis: GraphAnalysis, counts: dict[str, int], reselect: bool, refit_inputs: str, allocation: str
-) -> dict[str, np.ndarray] | None:
+def _chosen_in_recovery(analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, np.ndarray] | None:
     """Masks that give only the counts (each group's first units) where recovery chooses again the units of every
-    group the budget prunes (`mi` with stream refits, `recovery.reselectable`) and the counts are the budget's
-    (uniform allocation): scoring's own choice would decide nothing but the model shipped if the refits made the
-    output worse, so neither capture nor scoring runs (TinyLlama's shape: 19.5 min instead of 26.2). Else None."""
-    if not reselect or refit_inputs != "stream" or allocation != "uniform":
-        return None
+    group they prune (`mi` with stream refits, `recovery.reselectable`), else None. Scoring's own choice of units
+    would then decide nothing but the model shipped if the refits made the output worse: with uniform allocation
+    neither capture nor scoring runs (TinyLlama's shape: 19.5 min instead of 26.2); with global allocation scoring
+    runs one top-down pass, for the counts (minilm-sst2 at keep 0.4: scoring 3.2 -> 1.6 s, and no model sliced
+    before recovery)."""
     counted = {name: np.arange(analysis.group(name).units) < count for name, count in counts.items()}
     pruned = {name for name, mask in counted.items() if not mask.all()}
     return counted if pruned and pruned == set(recovery.reselectable(analysis, counted)) else None

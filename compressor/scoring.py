@@ -68,13 +68,19 @@ def mi_masks(
     neurons at keep 0.4 on minilm-sst2, 1.4 points below uniform).
     """
     if allocation == "global":
-        losses: dict[str, np.ndarray] = {}
-        _top_down(stats, analysis, counts, losses)
-        counts = {**counts, **budget.reallocate(analysis, counts, losses)}
+        counts = reallocated(stats, analysis, counts)
     masks = _top_down(stats, analysis, counts)
     for name in counts.keys() - masks.keys():  # not one layer's units (MPNet's heads share a position bias)
         masks[name] = top_k(magnitude_scores(analysis, analysis.group(name)), counts[name])
     return {name: mask for name, mask in masks.items() if name in counts}
+
+
+def reallocated(stats: CapturedStats, analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, int]:
+    """The counts of global allocation: the budget's `counts` moved between layers and kinds by the loss curves of a
+    top-down pass at those counts (`budget.reallocate`)."""
+    losses: dict[str, np.ndarray] = {}
+    _top_down(stats, analysis, counts, losses)
+    return {**counts, **budget.reallocate(analysis, counts, losses)}
 
 
 def _top_down(

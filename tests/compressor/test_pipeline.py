@@ -32,7 +32,8 @@ def test_every_method_compresses_to_the_budget(tiny_folder, method):
     assert report["top_signal"] == ("label" if method in ("mi", "wanda") else None)
     assert report["allocation"] == ("global" if method == "mi" else "uniform")  # an encoder's defaults
     assert report["recovery"]["inputs"] == "stream"  # the default, but for an encoder whose hidden stream is pruned
-    assert set(report["seconds"]) >= {"capture", "scoring", "prune", "validate", "fidelity"}
+    sliced = {"prune"} if method != "mi" else set()  # mi's units are chosen again, and sliced, by recovery
+    assert set(report["seconds"]) >= {"capture", "scoring", "validate", "fidelity"} | sliced
     heads = [g["units_after"] for g in report["groups"] if g["kind"] == "heads"]
     # global allocation may leave a layer one head: analysed again it has no heads to split, so no heads group
     assert [h for h in heads if h > 1] == [g.units for g in analyze(result.model).by_kind("heads")]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tiny_decoders
 
-from compressor import recovery
+from compressor import recovery, scoring
 from compressor.fidelity import session
 from compressor.pipeline import compress
 from graph_passes import apply_masks
@@ -82,3 +82,19 @@ def test_only_mi_chooses_again_in_the_pipeline(decoder_cache, tmp_path):
         assert result.report["top_signal"] == ("stream" if moved else None)
         if not reselected:  # the method's own choice
             assert all(np.array_equal(result.masks[name], chosen[name]) for name in chosen)
+
+
+def test_an_encoders_global_allocation_scores_once_for_the_counts(tiny_folder, monkeypatch):
+    """With global allocation and every pruned group chosen again by recovery, scoring runs the one top-down pass
+    that moves the counts, and no model is sliced before recovery; the counts are those of `mi`'s own masks."""
+    passes = []
+    top_down = scoring._top_down
+    monkeypatch.setattr(scoring, "_top_down", lambda *given: passes.append(given) or top_down(*given))
+    result = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5)
+    assert result.report["allocation"] == "global" and result.report["recovery"]["reselected"]
+    assert len(passes) == 1 and "prune" not in result.report["seconds"]
+    own = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5, recover=False).masks
+    assert len(passes) == 3  # without recovery, mi's masks come from a second pass at the moved counts
+    assert {name: int(mask.sum()) for name, mask in result.masks.items()} == {
+        name: int(mask.sum()) for name, mask in own.items()
+    }
