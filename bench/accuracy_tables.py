@@ -213,6 +213,25 @@ def accuracy_markdown(original: float, rows: list[dict], peers: list[dict], cost
     return lines + _peer_table(peers) + _cost_table(costs)
 
 
+COST_NOTES = (
+    "`/usr/bin/time -v` of one `compress` process per row, minilm-sst2 and SST-2 train; stages from its report. "
+    "Side by side on 2026-12-07 (three interleaved runs at 512 samples, medians): 18.6 s on d05f45f "
+    "against 27.0 s for 496544f (the previous stop's; 24.9 s when measured alone on a quieter day). What took it off, "
+    "with the output bit-identical but for the summation order of the moments (the same units, weights within 4e-7; "
+    "SST-2 dev accuracy of keep 0.4 / 0.3 / 0.2 on three draws unchanged to four digits): ONNX Runtime's threads "
+    "no longer spin between runs, where they took the cores from numpy (recovery 14.9 to 10.8 s); moments gather "
+    "about 2,048 rows before their products (recovery's products 4.1 to 2.6 s); with global allocation and every "
+    "group's units chosen again by recovery, scoring runs only the top-down pass that moves the counts (3.2 to "
+    "1.7 s) and no model is sliced before recovery; tensor sizes are read from shapes, not from copies of their "
+    "bytes. Memory: recovery keeps each batch's layer inputs (linear in the samples: 1.95 GB at 5,000 samples "
+    "before) in memory up to 128 MiB and in files in the workspace beyond it (`compressor/batch_store.py`): 1.08 "
+    "GB at 512 samples, 1.20 GB at 5,000. Issue 14's 15 s is not met: what is left is ONNX Runtime's runs and "
+    "session set-up (about 5.5 s, 38 sessions), the float64 products of the refits (2.8 s; float32 products were "
+    "0.6 s faster and chose other units: fidelity 0.941 to 0.922 on draw 0, so not kept), reselection's "
+    "inverses and removals (2.3 s)."
+)
+
+
 def _cost_table(costs: list[dict]) -> list[str]:
     lines = [
         "## Cost of `compress` (keep 0.4, method mi, default granularity, recovery on)",
@@ -227,7 +246,7 @@ def _cost_table(costs: list[dict]) -> list[str]:
             f"| {cost['samples']} | {cost['wall_seconds']} | {cost['max_rss_mb']} | "
             f"{stages['capture']} | {stages['scoring']} | {stages['recovery']} | {share:.0%} |"
         )
-    return lines + [""]
+    return lines + ["", COST_NOTES, ""]
 
 
 def _peer_table(peers: list[dict]) -> list[str]:
