@@ -183,7 +183,8 @@ def _about(centred: np.ndarray, count: int, left: tuple, right: tuple) -> np.nda
 
 
 GATHER_ROWS = 2048
-GATHER_BYTES = 2**25  # 32 MiB: wide layers' batches go on sooner (TinyLlama's 7,680 units: at 1,092 rows)
+GATHER_BYTES = 2**23  # 8 MiB: wide layers' batches go on sooner (TinyLlama's 7,680 units: at 273 rows), which
+# bounds what capture holds waiting for every layer of a pass; BLAS is efficient on fewer rows of wide layers
 
 
 class Gathered:
