@@ -190,11 +190,12 @@ def compress(
     written = DataFile(Path(workspace) / SLICED_DATA) if workspace else None  # sliced and refit weights
     masks, signal, pruned, flops_after = counted, "stream", None, None  # recovery chooses and slices
     if counted is None:
-        if rechosen and allocation == "global":  # then scoring's only decision is the counts
-            masks = counted = _chosen_in_recovery(analysis, scoring.reallocated(stats, analysis, counts))
+        chosen = scoring.reallocated(stats, analysis, counts) if allocation == "global" else counts
+        if rechosen:  # then scoring's only decision is the counts
+            masks = counted = _chosen_in_recovery(analysis, chosen)
         if counted is None:
             masks = whole_blocks(
-                quantized_source, analysis, scoring.choose_masks(method, analysis, counts, stats, seed, allocation)
+                quantized_source, analysis, scoring.choose_masks(method, analysis, chosen, stats, seed)
             )
         signal = stats.top_kind if stats else None
         del stats  # a layer's moments are (units x units): released once the masks are chosen

@@ -412,12 +412,11 @@ def choose_masks(
     counts: dict[str, int],
     stats: CapturedStats | None,
     seed: int = 0,
-    allocation: str = "uniform",
 ) -> dict[str, np.ndarray]:
-    """Masks keeping `counts[name]` units of each named group, chosen by `method`; with `allocation="global"` (mi
-    only) the heads and neurons move between layers first (`mi_masks`)."""
+    """Masks keeping `counts[name]` units of each named group, chosen by `method` (for global allocation, the counts
+    `reallocated` gives)."""
     if method == "mi":
-        return mi_masks(stats, analysis, counts, allocation)
+        return mi_masks(stats, analysis, counts)
     rng = np.random.default_rng(seed)
     norms = input_norms(stats) if method == "wanda" else {}
     masks = {}
