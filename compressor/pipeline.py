@@ -245,7 +245,8 @@ def compress(
         materialize_in_place(pruned)  # ONNX Runtime's fusion and quantizers read the weights from the protobuf
     optimized = None
     if optimize:
-        pruned, optimized = optimization.optimize(pruned, data, batch_size)
+        deployed = (lambda m: quantized(m, quantize)[0]) if quantize is not None and not int4_input else None
+        pruned, optimized = optimization.optimize(pruned, data, batch_size, deployed)
         start = timer.stage("optimize", start)
     float_model, quantization = pruned, None
     if int4_input:  # back to the input's int4 blocks, refit projections requantized

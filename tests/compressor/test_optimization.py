@@ -14,6 +14,7 @@ from compressor import compress, optimization
 from compressor.calibration import from_arrays
 from compressor.fidelity import session
 from compressor.optimization import fuse
+from compressor.quantization import quantize_int8
 from compressor.timing import Timing
 from graph_passes import analyze, apply_masks, load_model
 
@@ -157,3 +158,19 @@ def test_at_batch_1_the_fused_model_is_timed_once(pruned_and_fused, monkeypatch)
     shipped, report = optimization.optimize(pruned, data, 1)
     assert timed == [1] and "p50_ms_batch_1" not in report and shipped is pruned
     assert report["reason"] == "the fused model is slower at batch 1 on calibration inputs (CPU)"
+
+
+def test_with_quantization_to_follow_the_quantized_forms_are_timed(pruned_and_fused, monkeypatch):
+    """`deployed` (what the pipeline does next) is applied to both models before they are timed; the float model
+    the choice falls on is what is returned, and its outputs were compared in float."""
+    pruned, fused, data = pruned_and_fused
+    _fusing_into(monkeypatch, fused)
+    timed_sessions = []
+    run_session = optimization._timing_session
+    monkeypatch.setattr(optimization, "_timing_session", lambda m: timed_sessions.append(m) or run_session(m))
+    _timed_at(monkeypatch, {8: (2.0, 1.5), 1: (1.0, 0.5)})
+    deployed = []
+    shipped, report = optimization.optimize(pruned, data, 8, lambda m: deployed.append(m) or quantize_int8(m))
+    assert deployed == [pruned, fused] and shipped is fused and report["applied"]
+    assert report["timed_as"] == "quantized" and report["output_difference"] <= optimization.TOLERANCE
+    assert [any(n.op_type == "MatMulInteger" for n in m.graph.node) for m in timed_sessions] == [False] * 2 + [True] * 2
