@@ -35,7 +35,7 @@ from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, requir
 from graph_passes.external_data import DataFile, materialize_in_place, model_bytes
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.quantized_weights import float_view
-from graph_passes.sessions import check_model, return_freed_memory
+from graph_passes.sessions import check_model, map_large_allocations, return_freed_memory
 from user_errors import first_line
 
 DEFAULT_GRANULARITY = ("heads", "ffn")
@@ -118,6 +118,7 @@ def compress(
     reporter = Reporter(quiet)
     timer = Timer()
     start = time.perf_counter()
+    map_large_allocations()  # large arrays come and go through every stage: freed, they leave the process
     if refit_inputs is not None and refit_inputs not in recovery.REFIT_INPUTS:
         raise CompressorError(
             f"unknown --refit-inputs {refit_inputs!r}; choose from {', '.join(recovery.REFIT_INPUTS)}"
