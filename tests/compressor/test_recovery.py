@@ -217,8 +217,11 @@ def test_a_refit_that_worsens_the_output_is_not_shipped(export_cache, monkeypatc
 
 
 def test_no_recover_leaves_the_sliced_model(tiny_folder):
-    off = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5, recover=False)
-    on = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5)
+    """With a method whose units recovery keeps, the model recovery compares with (`without_recovery`) is the one
+    --no-recover ships. (`mi` chooses its units again in recovery, at the counts scoring gave: its `without_recovery`
+    is the slice of those, `test_recovery_reselection`.)"""
+    off = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5, method="wanda", recover=False)
+    on = compress(tiny_folder / "model.onnx", tiny_folder / "calib.tsv", keep=0.5, method="wanda")
     assert on.report["recovery"]["kept"]
     assert off.report["recovery"] is None and "without_recovery" not in off.report["fidelity"]
     assert on.report["fidelity"]["without_recovery"] == off.report["fidelity"]
