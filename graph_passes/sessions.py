@@ -43,8 +43,9 @@ EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 CPU = ["CPUExecutionProvider"]
 
 
-_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries have none
-_MALLOPT = getattr(ctypes.CDLL(None), "mallopt", None)
+_LIBC = ctypes.CDLL(None)
+_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc's; other C libraries have none
+_MALLOPT = getattr(_LIBC, "mallopt", None)
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MAPPED_BYTES = 2**23  # allocations of at least 8 MiB are mapped, and unmapped when freed
 
