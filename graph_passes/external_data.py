@@ -110,13 +110,47 @@ def weight_bytes(model: onnx.ModelProto) -> int:
 
 def model_bytes(model: onnx.ModelProto) -> int:
     """The size of the model as one protobuf would hold it (its external tensors' bytes inline), to the byte,
-    without reading them: each inline tensor is its reference less the reference's fields plus a raw_data field,
-    and the messages around it grow by the lengths of their length prefixes."""
-    graph = model.graph.ByteSize()
-    inline = graph + sum(
-        _field(_inline_size(t)) - _field(t.ByteSize()) for t in model.graph.initializer if is_external(t)
-    )
-    return model.ByteSize() + _field(inline) - _field(graph)
+    without reading them: each inline tensor is its reference less the reference's fields plus a raw_data field."""
+    return _message_bytes(model, lambda t: _inline_size(t) if is_external(t) else _own_size(t))
+
+
+def serialized_bytes(model: onnx.ModelProto) -> int:
+    """`model.ByteSize()` (external tensors as the references they are), without serializing the model: protobuf's
+    `ByteSize` does, 0.13 s on minilm-sst2 each time, where this takes a few milliseconds."""
+    return _message_bytes(model, _own_size)
+
+
+def _message_bytes(model: onnx.ModelProto, tensor_bytes) -> int:
+    """The model's size from the sizes of its parts: the graph without its initializers, each initializer's size as
+    `tensor_bytes` gives it, and the messages around them grown by the lengths of their length prefixes."""
+    if not model.HasField("graph"):
+        return model.ByteSize()
+    graph = _shell(model.graph, "initializer").ByteSize()
+    graph += sum(_field(tensor_bytes(tensor)) for tensor in model.graph.initializer)
+    return _shell(model, "graph").ByteSize() + _field(graph)
+
+
+def _own_size(tensor: onnx.TensorProto) -> int:
+    """`tensor.ByteSize()`, without serializing its raw data."""
+    if not tensor.HasField("raw_data"):
+        return tensor.ByteSize()
+    return _shell(tensor, "raw_data").ByteSize() + _field(len(tensor.raw_data))
+
+
+def _shell(message, skip: str):
+    """A copy of `message` without its field `skip` (never read: a tensor's raw data is not copied)."""
+    shell = type(message)()
+    for field in message.DESCRIPTOR.fields:
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(shell, field.name).extend(getattr(message, field.name))
+        elif message.HasField(field.name):
+            if field.type == field.TYPE_MESSAGE:
+                getattr(shell, field.name).CopyFrom(getattr(message, field.name))
+            else:
+                setattr(shell, field.name, getattr(message, field.name))
+    return shell
 
 
 def _inline_size(tensor: onnx.TensorProto) -> int:

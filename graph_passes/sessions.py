@@ -31,6 +31,7 @@ from graph_passes.external_data import (
     has_external_data,
     is_external,
     relative_to,
+    serialized_bytes,
     stays_inline,
     weight_bytes,
 )
@@ -78,7 +79,7 @@ def trim_heap() -> None:
 
 
 def fits_one_protobuf(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() <= PROTOBUF_LIMIT
+    return serialized_bytes(model) <= PROTOBUF_LIMIT
 
 
 def cpu_session(

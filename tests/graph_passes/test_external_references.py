@@ -23,6 +23,7 @@ from graph_passes.external_data import (
     location,
     materialize_in_place,
     model_bytes,
+    serialized_bytes,
     tensor_array,
 )
 from graph_passes.model_io import save_with_data
@@ -55,6 +56,7 @@ def test_a_model_read_from_disk_refers_to_its_weights(external):
     assert large and all(location(t) == data and not t.raw_data for t in large)
     inline = onnx.load(str(external))
     assert model.ByteSize() < 20_000 and model_bytes(model) == inline.ByteSize()  # counted without reading the data
+    assert serialized_bytes(model) == model.ByteSize() and serialized_bytes(inline) == inline.ByteSize()
     for tensor, loaded in zip(model.graph.initializer, inline.graph.initializer, strict=True):
         value = tensor_array(tensor)
         assert isinstance(value, np.memmap) == is_external(tensor)
