@@ -53,22 +53,26 @@ def test_layer_by_layer_moments_equal_whole_model_runs(decoder_cache, family, bu
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_each_run_past_the_first_layer_reads_that_layer_only(decoder_cache, family, tmp_path, monkeypatch):
+def test_each_run_past_the_first_computes_its_own_part_only(decoder_cache, family, tmp_path, monkeypatch):
+    """Past the first, the original runs a layer at a time, and the pruned model from one run of projections' inputs
+    to the next's: no weight is computed twice, and neither the embedding nor the head once fed with a cut."""
     analysis, masks, batches = _setup(decoder_cache, family, tmp_path)
     owner = {w: g.layer for g in analysis.groups if g.kind in ("heads", "ffn") for w in (*g.readers, *g.writers)}
     made = []
     truncated = recovery.truncated
-    monkeypatch.setattr(recovery, "truncated", lambda *given: made.append(truncated(*given)) or made[-1])
+    monkeypatch.setattr(recovery, "truncated", lambda *given: made.append((given[0], truncated(*given))) or made[-1][1])
     found = recovery.projections(analysis, masks)
     for _ in recovery._compensated_moments(analysis, normalize(apply_masks(analysis, masks)), found, batches, Spill()):
         pass
     declared = len(analysis.model.graph.input)
-    cut = [m for m in made if len(m.graph.input) > declared]  # fed with a layer's cut: all but the first layer's
-    assert len(cut) == 3  # layer 1: the original's pass, and the pruned model's for each of its two projections
-    for model in cut:
-        matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2}
-        assert matrices and matrices <= set(owner)  # neither the embedding nor the head
-        assert {owner[name] for name in matrices} == {1}
+    cut = [(source, m) for source, m in made if len(m.graph.input) > declared]  # fed with a cut
+    original = [m for source, m in cut if source is analysis.model]
+    pruned = [m for source, m in cut if source is not analysis.model]
+    assert len(original) == 1 and len(pruned) == 2  # layer 1's pass; from FFN down's input to attention's, to FFN's
+    reads = [{t.name for t in m.graph.initializer if len(t.dims) == 2} for m in original + pruned]
+    assert all(matrices and matrices <= set(owner) for matrices in reads)  # neither the embedding nor the head
+    assert {owner[name] for name in reads[0]} == {1}
+    assert not reads[1] & reads[2]
 
 
 def test_stream_refits_run_a_shared_weights_model_and_leave_its_projections_as_sliced(family_cache):
