@@ -61,8 +61,9 @@ def frontier_markdown(rows: list[dict], original: float) -> list[str]:
         (
             f"minilm-sst2, SST-2 dev (original **{original:.4f}**), `compress` with its default options (recovery "
             "on stream refits, `mi` choosing each layer's units again as recovery reaches it; `mi` allocates "
-            "globally, `wanda` uniformly; with the hidden stream pruned, refits on the original's inputs and uniform "
-            "allocation), 512 calibration sentences on the draws `--seed` 0, 1, 2 of the onnxsim comparison. "
+            "globally, `wanda` uniformly; with the hidden stream pruned, refits on the original's inputs, the stream "
+            "cut a sixth as deep as the budget and the heads and neurons sharing the rest uniformly), 512 calibration "
+            "sentences on the draws `--seed` 0, 1, 2 of the onnxsim comparison. "
             "Targets: keep 0.3 at least 0.860, keep 0.2 at least 0.845 on the mean, `mi` ahead of `wanda`."
         ),
         "",
@@ -125,6 +126,29 @@ NOTES = """\
   its kept channels (each layer's Q, K, V, FFN up and the pooler, to the original's outputs), 0.8440 with each
   LayerNorm's scale and bias also refit per channel against the original's output (a least-squares line on the
   normalization over the kept channels): the LayerNorm refit bought nothing and was left out.
+- The stream's share of the budget (`heads,ffn,hidden`, `mi`, original-input refits, uniform over heads and
+  neurons; mean of three draws, SST-2 dev / the 2,000 held-out train sentences below). Keep 0.4: every group the
+  same share (the stream keeping 247 of 384 channels) 0.8421 / 0.8767; the stream keeping 0.8 of its channels
+  0.8490 / 0.8937, 0.9 0.8536 / 0.9017, 0.95 0.8624 / 0.9032; whole (`heads,ffn`) 0.8712 / 0.903. Keep 0.3: the
+  same share (214 channels) 0.8318 / 0.8680, 0.8 0.8444 / 0.8903, 0.9 0.8482 / 0.8943; whole 0.8651 / 0.8942. Keep
+  0.2: the same share (174) 0.7882 / 0.8232, 0.867 0.8192 / 0.8597. Every channel the stream loses costs more than
+  the heads and neurons its weights buy, at every share measured: for accuracy alone the stream stays whole. For a
+  user who asks for a narrower stream, `compress` now cuts an encoder's stream a sixth as deep as the budget (0.9 of
+  it at keep 0.4, 0.883 at 0.3, 0.867 at 0.2; `budget.stream_share`), the heads and neurons sharing the rest: as
+  shipped 0.8524 / 0.9015, 0.8471 / 0.8928, 0.8238 / 0.8692 at keep 0.4 / 0.3 / 0.2 (346 / 339 / 333 channels),
+  against 0.8421 / 0.8767, 0.8318 / 0.8680, 0.7882 / 0.8232 with the same share. On the held-out sentences keep 0.4
+  and 0.3 come within 0.2 points of `heads,ffn`; on the dev set they stay 1.9 and 1.8 points below it, so issue
+  14's hidden-stream target (at least as accurate as `heads,ffn`) is not met. Decoders keep the same share for every
+  group (not measured there).
+- LayerNorm over fewer channels (draw 0, measured on the shipped models, not kept): with every group the same share
+  at keep 0.4, the largest channel by mean magnitude in layers 2 to 5 (223) was among those pruned; across tokens
+  the ratio of the full standard deviation to the kept channels' then varied by 4 to 67% (coefficient of variation,
+  per LayerNorm), and the normalization over the kept channels missed the full one at those channels by 8 to 39%
+  (relative error). Fitting the full variance (plus epsilon) as a line in the kept channels' variance on 256
+  calibration sentences and folding it into each LayerNorm's epsilon and scale (no new operator) brought that to 2
+  to 29% and the logits' mean squared error against the original's down 15% (0.785 to 0.668), but dev accuracy
+  moved 0.8475 to 0.8475 at keep 0.4, 0.8360 to 0.8406 at keep 0.3 and 0.8601 to 0.8555 with the stream at 0.9:
+  what the stream loses is the information its pruned channels carry, not their part in the normalization.
 - Stream refits with every reader refit and `mi`'s units chosen again (b62dc50, the tables above): each layer's
   Q, K, V and FFN up are refit from the stream the pruned model computes to the original's outputs, and `mi`
   chooses the layer's heads and neurons again as recovery reaches it, among all of them as the pruned layers below

@@ -18,7 +18,7 @@ import onnx
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
 from compressor.capture import capture, capture_names, capture_passes, layered, plan_capture
-from compressor.decoder import declared_shapes, fit_empty_caches
+from compressor.decoder import declared_shapes, detect, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
 from compressor.progress import Reporter
@@ -145,7 +145,8 @@ def compress(
     source = analysis.model  # the same function, normalised: the model read from disk is not held twice
     quantized_source = quantized_source if int4_input else source
     require_prunable(analysis)
-    counts = budget.allocate(analysis, keep, tuple(granularity))
+    stream = budget.stream_share(keep) if detect(source) is None else None  # decoders: measured uniform only
+    counts = budget.allocate(analysis, keep, tuple(granularity), stream)
     start = timer.stage("analyze", start)
     data = _calibration(
         calibration,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressor.budget import allocate, encoder_matrices, parameter_count, reallocate
+from compressor.budget import allocate, encoder_matrices, parameter_count, reallocate, stream_share
 from compressor.errors import BudgetError
 from graph_passes import analyze, apply_masks, load_model
 
@@ -34,6 +34,18 @@ def test_allocation_lands_within_one_percent(analysis, keep, granularity):
     counts = allocate(analysis, keep, granularity)
     assert abs(_pruned_encoder_weights(analysis, counts) / ENCODER_WEIGHTS - keep) <= 0.01
     assert {name.split("[")[0] for name in counts} == set(granularity)
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.4, 0.25])
+def test_the_stream_keeps_its_share_and_the_units_take_the_rest(analysis, keep):
+    """An encoder's stream is cut a sixth as deep as the budget (64 channels: 61 at keep 0.8, 58 at 0.4, 56 at 0.25);
+    the heads and neurons fill the budget; pruning the stream alone ignores the share."""
+    counts = allocate(analysis, keep, ("heads", "ffn", "hidden"), stream_share(keep))
+    assert counts["hidden"] == round(64 * (1 - (1 - keep) / 6))
+    assert abs(_pruned_encoder_weights(analysis, counts) / ENCODER_WEIGHTS - keep) <= 0.01
+    uniform = allocate(analysis, keep, ("heads", "ffn", "hidden"))
+    assert counts["hidden"] > uniform["hidden"] and counts["ffn[0]"] < uniform["ffn[0]"]
+    assert allocate(analysis, keep, ("hidden",), stream_share(keep)) == allocate(analysis, keep, ("hidden",))
 
 
 @pytest.mark.parametrize("keep", [0.0, -0.1, 1.5])
