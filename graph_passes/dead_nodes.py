@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx
 
-from graph_passes.model_io import subgraph_inputs
+from graph_passes.model_io import drop_initializers, subgraph_inputs
 
 
 def drop_dead_nodes(model: onnx.ModelProto) -> int:
@@ -49,6 +49,4 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
 def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
     read = {name for node in graph.node for name in node.input} | subgraph_inputs(graph)
     read |= {v.name for v in list(graph.input) + list(graph.output)}
-    kept = [t for t in graph.initializer if t.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in read})

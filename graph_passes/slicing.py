@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from graph_passes.channel_groups import WITHIN, ChannelGroup, GraphAnalysis
 from graph_passes.errors import MaskError, UnsupportedGraphError
 from graph_passes.external_data import DataFile, replacement, tensor_array
-from graph_passes.model_io import share_equal_initializers, subgraph_inputs
+from graph_passes.model_io import drop_initializers, share_equal_initializers, subgraph_inputs
 
 
 def apply_masks(
@@ -397,6 +397,4 @@ def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dic
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input} | subgraph_inputs(model.graph)
     used.update(v.name for v in list(model.graph.output) + list(model.graph.input))
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_initializers(model.graph, {t.name for t in model.graph.initializer if t.name not in used})
