@@ -99,6 +99,7 @@ embedding Gather and mask).
 | keep 0.4 int8, before | 43.3% + 14.3% | 10.1% | **10.3%** (6 of 12) | 1.8% | 7.3% | 4.8% | 4.3% | 963 |
 | keep 0.4 int8, now | 46.2% + 14.1% | 11.7% | - | 4.9% + 2.7% | 8.4% | 3.6% | 4.6% | 738 |
 | keep 0.4 `--optimize --quantize int8` | 50.2% + 28.7% (QAttention) | - | - | 5.3% + 2.7% | 9.7% | - | - | 757 |
+| keep 0.4 int8, quiet machine (2026-12-07, 8 runs) | 31.9% + 11.7% | 12.2% | - | 7.0% + 8.2% | 4.4% | 8.6% | 8.8% | 66.5 |
 
 What the profiles say:
 - **SkipLayerNormalization is slow on this CPU.** ONNX Runtime's CPU kernel is a plain loop per row; twelve of them on
@@ -116,6 +117,15 @@ What the profiles say:
   with the widths (LayerNorm, residual adds over the full hidden stream, per-node overhead).
 - What is left of int8 at batch 32 is the int8 GEMMs themselves (60%, U8S8 on AVX2), the float attention products
   (12%) and the exact Gelu (8%).
+- **On a quiet machine the int8 GEMMs are under half of it** (the last row, 2026-12-07; the original took 302 ms per
+  run in a profile of the day before, 4.5 times the int8 model's): the float parts that quantization leaves, the
+  attention (its products 8.1 ms, the mask's Add 5.7, Transposes 3.4, Softmax 2.5) and the residual Sums and
+  LayerNorms (10.1 ms), are what hold keep 0.4 + int8 under 5x; the embeddings' DequantizeLinear adds 1.5 ms. ONNX
+  Runtime's fused forms do not shrink them on this CPU: QAttention took 27.4 ms per run, what the unfused attention
+  takes with its Q, K and V projections, and a graph fused with SkipLayerNormalization 41.8 ms where Sum and
+  LayerNormalization take 10.1. FFN widths rounded for the int8 kernels would not help: one DynamicQuantizeMatMul of
+  4,096 rows by 384 inputs took the same time per column (within 5%, 30 interleaved runs) at 600, 608, 614 and 640
+  outputs, and at those widths as inputs to 384 outputs.
 
 ### What changed, and what each bought
 
