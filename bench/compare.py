@@ -38,8 +38,8 @@ from bench.decoder_speed import speed_markdown as decoder_speed_markdown
 from bench.decoder_tables import decoder_markdown, decoder_rows
 from bench.deployment import Settings, run_bench
 from bench.edge_latency import edge_markdown, edge_models, edge_rows
-from bench.frontier import frontier_markdown, frontier_rows
 from bench.flops import matmul_flops_per_token
+from bench.frontier import frontier_markdown, frontier_rows
 from bench.genai_speed import genai_markdown, measure_genai
 from bench.int4_tables import int4_markdown, int4_rows
 from bench.int4_tables import measured_at as int4_measured_at

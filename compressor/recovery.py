@@ -540,7 +540,10 @@ def _compensated_moments(
 
 
 def _run_moments(
-    run: list[Projection], names: list[str], values: Iterator[tuple[Batch, dict[str, np.ndarray]]], kept
+    run: list[Projection],
+    names: list[str],
+    values: Iterator[tuple[Batch, dict[str, np.ndarray]]],
+    kept: dict[str, Stored],
 ) -> Iterator[tuple[Moments, Moments]]:
     """The moments of projections that read the same tensors `names` of the pruned model (their input, and the
     stream their output is added to), against the original's output plus what the pruned stream lacks."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import numpy_helper
 
 EXTERNAL = onnx.TensorProto.EXTERNAL
@@ -137,20 +138,25 @@ def _own_size(tensor: onnx.TensorProto) -> int:
     return _shell(tensor, "raw_data").ByteSize() + _field(len(tensor.raw_data))
 
 
-def _shell(message, skip: str):
-    """A copy of `message` without its field `skip` (never read: a tensor's raw data is not copied)."""
+def _shell(message: Message, skip: str) -> Message:
     shell = type(message)()
-    for field in message.DESCRIPTOR.fields:
+    copy_fields(message, shell, skip)
+    return shell
+
+
+def copy_fields(source: Message, target: Message, skip: str) -> None:
+    """Every set field of `source` into `target` but the one named `skip`, which is never read (a tensor's raw data
+    is not copied; the caller takes the parts it needs)."""
+    for field in source.DESCRIPTOR.fields:
         if field.name == skip:
             continue
         if field.is_repeated:
-            getattr(shell, field.name).extend(getattr(message, field.name))
-        elif message.HasField(field.name):
+            getattr(target, field.name).extend(getattr(source, field.name))
+        elif source.HasField(field.name):
             if field.type == field.TYPE_MESSAGE:
-                getattr(shell, field.name).CopyFrom(getattr(message, field.name))
+                getattr(target, field.name).CopyFrom(getattr(source, field.name))
             else:
-                setattr(shell, field.name, getattr(message, field.name))
-    return shell
+                setattr(target, field.name, getattr(source, field.name))
 
 
 def _inline_size(tensor: onnx.TensorProto) -> int:

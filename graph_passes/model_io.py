@@ -12,7 +12,14 @@ from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from graph_passes.errors import NotOnnxError, UnsupportedGraphError
-from graph_passes.external_data import DataFile, reference_in_place, relative_to, stays_inline, tensor_array
+from graph_passes.external_data import (
+    DataFile,
+    copy_fields,
+    reference_in_place,
+    relative_to,
+    stays_inline,
+    tensor_array,
+)
 
 
 def load_model(path: str | Path, referenced: bool = False) -> onnx.ModelProto:
@@ -234,16 +241,3 @@ def drop_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
 def _digest(array: np.ndarray) -> bytes:
     """A hash of the array's bytes, read in place (a memory-mapped weight is not copied)."""
     return hashlib.sha256(array.tobytes() if array.dtype == object else np.ascontiguousarray(array).data).digest()
-
-
-def copy_fields(source: Message, target: Message, skip: str) -> None:
-    """Every set field of `source` into `target` but the one named `skip` (the caller takes its parts as it needs)."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)

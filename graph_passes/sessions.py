@@ -28,6 +28,7 @@ import onnxruntime as ort
 from graph_passes.external_data import (
     DataFile,
     common_folder,
+    copy_fields,
     has_external_data,
     is_external,
     relative_to,
@@ -35,7 +36,6 @@ from graph_passes.external_data import (
     stays_inline,
     weight_bytes,
 )
-from graph_passes.model_io import copy_fields
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # larger than this (with headroom) cannot be one serialized protobuf
 SERIALIZED_LIMIT = 2**26  # models with more bytes of weights are handed over as a graph with external data (64 MiB)

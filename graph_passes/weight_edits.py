@@ -8,8 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from graph_passes.external_data import DataFile, replacement
-from graph_passes.model_io import copy_fields
+from graph_passes.external_data import DataFile, copy_fields, replacement
 
 
 def truncated(model: onnx.ModelProto, outputs: list[str], cut: Mapping[str, np.dtype] | None = None) -> onnx.ModelProto:

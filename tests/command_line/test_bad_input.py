@@ -8,14 +8,14 @@ import io
 import shutil
 from pathlib import Path
 
+import bad_input_cases
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bad_input_cases
-from compressor.calibration import load_calibration
 from command_line.app import run_cli
+from compressor.calibration import load_calibration
 from graph_passes import load_model
 from user_errors import UserError
 
