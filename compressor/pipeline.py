@@ -101,7 +101,8 @@ def compress(
     original model's activations (`refit_inputs="original"`, the default for encoders), the pruned model's
     (`"pruned"`), or the pruned model's against the original stream after each residual add (`"stream"`, the default
     for decoders: each refit also makes up for the error of the layers below); with the hidden stream pruned, its
-    readers (Q, K, V, FFN up, a pooler) are refit too. `allocation="global"` (the default for
+    readers (Q, K, V, FFN up, a pooler) are refit too, and an encoder's stream keeps `budget.stream_share(keep)` of
+    its channels (0.9 at keep 0.4), the heads and neurons taking the rest. `allocation="global"` (the default for
     `method="mi"` on an encoder whose hidden stream stays whole) lets layers keep different numbers of heads and
     neurons, chosen by their losses (`scoring.mi_masks`); `"uniform"` keeps the same share in every layer. `optimize` then applies ONNX
     Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
