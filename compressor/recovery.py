@@ -59,6 +59,7 @@ from graph_passes import (
     ChannelGroup,
     GraphAnalysis,
     apply_masks,
+    initializer_behind,
     kept_along,
     layer_cuts,
     linear_biases,
@@ -86,6 +87,10 @@ RIDGES = (
 CHECK_EVERY = 4  # every 4th calibration sample is held out to check each refit
 MOMENT_BUDGET = 2**28  # bytes of refit moments that one pass of the original may gather (256 MiB)
 SHARED_PRUNED = "shared by several layers: refitting it on pruned inputs would change its other applications' inputs"
+COMPUTED_WEIGHT = (
+    "computed from another weight (a tied lm_head reads the embedding through a Transpose): no tensor of its own to "
+    "write a refit to, and refitting the embedding would change the tokens' embeddings too"
+)
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,7 @@ def _projection(
         bias=names[0],
         columns=kept_along(analysis, masks, weight, linear.out_axis),
         values=analysis.values,
-        skip=_unequal_biases(biases),
+        skip=COMPUTED_WEIGHT if initializer_behind(analysis.model, weight) is None else _unequal_biases(biases),
     )
 
 
