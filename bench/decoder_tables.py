@@ -171,6 +171,16 @@ NOTES = [
         "15.08, so the refits do not lack data."
     ),
     (
+        "- **The hidden stream, on 2026-12-07** (`--granularity heads,ffn,hidden`, the calibration and evaluation "
+        "above): with every group keeping the same share, perplexity 8.997 at keep 0.8 (the stream keeping 59 of 64 "
+        "channels) and 28.86 at keep 0.6 (50); with the stream cut a sixth as deep as the budget and the heads and "
+        "neurons taking the rest (62 and 60 channels), 7.95 and 20.15; with the stream whole, 6.65 and 15.08. As on "
+        "minilm-sst2, every channel the stream loses costs more than the units its weights buy, and `compress` now "
+        "gives every model the stream's share (`budget.stream_share`). That run first ended in a KeyError: "
+        "stories260k's `lm_head` reads the embedding through a Transpose, and recovery tried to write a refit to it; "
+        "it is now left as sliced (`recovery.COMPUTED_WEIGHT`)."
+    ),
+    (
         "- The targets (keep 0.8 at most 1.4x, keep 0.6 at most 2.5x) are not met: 6.65 is 1.55x and 15.08 is "
         "3.52x. Every step above together (a bias, query-head pruning, a bottom-heavy allocation) reached 6.39 "
         "(1.49x) and 13.0 (3.03x) in the study script: further than the product is, still short of the targets on "

@@ -4,8 +4,8 @@ The encoder's prunable weights are the matrices that read or write a layer's hea
 projection, FFN up and down). A matrix keeps (kept rows) x (kept columns), so pruning the hidden stream shrinks all
 of them at once. Allocation is uniform: every pruned group keeps the same fraction of its units, rounded to whole
 units, then single units are added or removed until the total is as close to the budget as units allow. The hidden
-stream may be given its own share (`stream_share`: an encoder's stream is cut a sixth as deep as the budget), the
-heads and neurons then taking the rest. `reallocate` then moves units between groups (global allocation) by per-unit
+stream may be given its own share (`stream_share`: the pipeline cuts it a sixth as deep as the budget), the heads and
+neurons then taking the rest. `reallocate` then moves units between groups (global allocation) by per-unit
 losses that the scorer measures.
 """
 
@@ -20,7 +20,7 @@ from graph_passes import GraphAnalysis
 
 GRANULARITIES = ("heads", "ffn", "hidden")
 TOLERANCE = 0.01
-STREAM_DEPTH = 1 / 6  # how deep an encoder's hidden stream is cut, relative to the budget's cut (`stream_share`)
+STREAM_DEPTH = 1 / 6  # how deep the hidden stream is cut, relative to the budget's cut (`stream_share`)
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,13 @@ def parameter_count(analysis: GraphAnalysis, matrices: list[Matrix], kept: dict[
 
 
 def stream_share(keep: float) -> float:
-    """The share of an encoder's hidden stream kept at `keep` when heads and neurons are pruned beside it: 0.9 at
-    keep 0.4. Every channel the stream loses costs more accuracy than the weights it frees spent on heads and neurons
-    would: on minilm-sst2 (SST-2 dev / 2,000 held-out train sentences, mean of three draws) keep 0.4 measured 0.8421
-    / 0.8767 with the uniform share (0.64 of the stream), 0.8490 / 0.8937 keeping 0.8, 0.8536 / 0.9017 keeping 0.9,
-    0.8624 / 0.9032 keeping 0.95, and 0.8712 / 0.903 keeping it whole (BENCHMARKS.md, the hidden stream)."""
+    """The share of the hidden stream kept at `keep` when heads and neurons are pruned beside it: 0.9 at keep 0.4.
+    Every channel the stream loses costs more than the weights it frees spent on heads and neurons would: on
+    minilm-sst2 (SST-2 dev / 2,000 held-out train sentences, mean of three draws) keep 0.4 measured 0.8421 / 0.8767
+    with the uniform share (0.64 of the stream), 0.8490 / 0.8937 keeping 0.8, 0.8536 / 0.9017 keeping 0.9, 0.8624 /
+    0.9032 keeping 0.95, and 0.8712 / 0.903 keeping it whole (BENCHMARKS.md, the hidden stream); on stories260k,
+    perplexity 8.997 / 28.86 at keep 0.8 / 0.6 with the uniform share, 7.95 / 20.15 with this one, 6.65 / 15.08 with
+    the stream whole (BENCHMARKS.md, decoder notes)."""
     return 1 - (1 - keep) * STREAM_DEPTH
 
 

@@ -18,7 +18,7 @@ import onnx
 from compressor import budget, fidelity, optimization, recovery, scoring
 from compressor import calibration as calib
 from compressor.capture import capture, capture_names, capture_passes, layered, plan_capture
-from compressor.decoder import declared_shapes, detect, fit_empty_caches
+from compressor.decoder import declared_shapes, fit_empty_caches
 from compressor.errors import CompressorError
 from compressor.paths import model_file
 from compressor.progress import Reporter
@@ -101,8 +101,8 @@ def compress(
     original model's activations (`refit_inputs="original"`, the default for encoders), the pruned model's
     (`"pruned"`), or the pruned model's against the original stream after each residual add (`"stream"`, the default
     for decoders: each refit also makes up for the error of the layers below); with the hidden stream pruned, its
-    readers (Q, K, V, FFN up, a pooler) are refit too, and an encoder's stream keeps `budget.stream_share(keep)` of
-    its channels (0.9 at keep 0.4), the heads and neurons taking the rest. `allocation="global"` (the default for
+    readers (Q, K, V, FFN up, a pooler) are refit too, and the stream keeps `budget.stream_share(keep)` of its
+    channels (0.9 at keep 0.4), the heads and neurons taking the rest. `allocation="global"` (the default for
     `method="mi"` on an encoder whose hidden stream stays whole) lets layers keep different numbers of heads and
     neurons, chosen by their losses (`scoring.mi_masks`); `"uniform"` keeps the same share in every layer. `optimize` then applies ONNX
     Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
@@ -146,8 +146,7 @@ def compress(
     source = analysis.model  # the same function, normalised: the model read from disk is not held twice
     quantized_source = quantized_source if int4_input else source
     require_prunable(analysis)
-    stream = budget.stream_share(keep) if detect(source) is None else None  # decoders: measured uniform only
-    counts = budget.allocate(analysis, keep, tuple(granularity), stream)
+    counts = budget.allocate(analysis, keep, tuple(granularity), budget.stream_share(keep))
     start = timer.stage("analyze", start)
     data = _calibration(
         calibration,

@@ -38,7 +38,7 @@ def test_allocation_lands_within_one_percent(analysis, keep, granularity):
 
 @pytest.mark.parametrize("keep", [0.8, 0.4, 0.25])
 def test_the_stream_keeps_its_share_and_the_units_take_the_rest(analysis, keep):
-    """An encoder's stream is cut a sixth as deep as the budget (64 channels: 61 at keep 0.8, 58 at 0.4, 56 at 0.25);
+    """The stream is cut a sixth as deep as the budget (64 channels: 61 at keep 0.8, 58 at 0.4, 56 at 0.25);
     the heads and neurons fill the budget; pruning the stream alone ignores the share."""
     counts = allocate(analysis, keep, ("heads", "ffn", "hidden"), stream_share(keep))
     assert counts["hidden"] == round(64 * (1 - (1 - keep) / 6))
