@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -193,7 +193,7 @@ def compress(
     masks, signal, pruned, flops_after = counted, "stream", None, None  # recovery chooses and slices
     if counted is None:
         chosen = scoring.reallocated(stats, analysis, counts) if allocation == "global" else counts
-        if rechosen:  # then scoring's only decision is the counts
+        if rechosen and allocation == "global":  # then scoring's only decision is the counts (uniform's: above)
             masks = counted = _chosen_in_recovery(analysis, chosen)
         if counted is None:
             masks = whole_blocks(
@@ -245,17 +245,20 @@ def compress(
     start = timer.stage("fidelity", start)
     if workspace is None or optimize or quantize or int4_input:
         materialize_in_place(pruned)  # ONNX Runtime's fusion and quantizers read the weights from the protobuf
-    optimized = None
+    optimized, timed = None, []  # the quantized forms `optimize` timed, beside the float model each came from
     if optimize:
-        deployed = (lambda m: quantized(m, quantize)[0]) if quantize is not None and not int4_input else None
+        deployed = _remembered(quantize, timed) if quantize is not None and not int4_input else None
         pruned, optimized = optimization.optimize(pruned, data, batch_size, deployed)
         start = timer.stage("optimize", start)
     float_model, quantization = pruned, None
     if int4_input:  # back to the input's int4 blocks, refit projections requantized
         refit = [r.weight for r in recovered.refits if r.applied] if recovered and recovered.kept else []
         pruned, quantization = back_to_int4(quantized_source, masks, float_model, refit)
-    elif quantize is not None:
-        pruned, quantization = quantized(float_model, quantize)
+    elif quantize is not None:  # the chosen model's form that optimize timed ships as it is, not quantized again
+        pruned, quantization = next((form for m, form in timed if m is float_model), None) or quantized(
+            float_model, quantize
+        )
+    del timed
     if quantization is not None:
         quantization["fidelity"] = fidelity.compare(checked, validate(pruned, data, batch_size))
         timer.stage("quantization", start)
@@ -303,6 +306,16 @@ def _references(
     folder = Path(workspace) if workspace else None
     checked = fidelity.Reference(islice(outputs, len(runs)), folder)
     return checked, fidelity.Reference(outputs, folder) if recover else None
+
+
+def _remembered(kind: str, forms: list) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """`quantized` to `kind`, each result kept in `forms` beside the model it came from."""
+
+    def quantize(model: onnx.ModelProto) -> onnx.ModelProto:
+        forms.append((model, quantized(model, kind)))
+        return forms[-1][1][0]
+
+    return quantize
 
 
 def _chosen_in_recovery(analysis: GraphAnalysis, counts: dict[str, int]) -> dict[str, np.ndarray] | None:

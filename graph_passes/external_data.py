@@ -160,9 +160,7 @@ def copy_fields(source: Message, target: Message, skip: str) -> None:
 
 
 def _inline_size(tensor: onnx.TensorProto) -> int:
-    bare = onnx.TensorProto()
-    bare.CopyFrom(tensor)
-    del bare.external_data[:]
+    bare = _shell(tensor, "external_data")
     bare.data_location = onnx.TensorProto.DEFAULT  # set, as onnx's loader sets it
     return bare.ByteSize() + _field(_span(tensor)[1])
 
