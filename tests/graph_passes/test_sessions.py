@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
 from compressor import compress
@@ -90,3 +91,28 @@ def test_the_temporary_folder_goes_also_when_the_session_fails(tiny_folder, monk
         sessions.cpu_session(model, session_class=interrupted)
     assert not _leftovers()
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
+
+
+def test_a_model_in_memory_lends_its_weights_and_computes_the_same(tiny_folder):
+    """ONNX Runtime is lent the large tensors (raw bytes or typed fields alike) instead of parsing them from the
+    serialized model, and computes exactly what a session of the serialized model computes."""
+    model = load_model(tiny_folder / "model.onnx")
+    large = next(t for t in model.graph.initializer if external_data.nbytes(t) > 4096 and t.raw_data)
+    typed = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(large).copy(), large.name)
+    typed.float_data.extend(onnx.numpy_helper.to_array(large).ravel())
+    typed.ClearField("raw_data")
+    large.CopyFrom(typed)
+    handed = []
+
+    def watched(graph: bytes, options, **kwargs):
+        handed.append(len(graph))
+        return onnxruntime.InferenceSession(graph, options, **kwargs)
+
+    session = sessions.cpu_session(model, session_class=watched)
+    lent = [t for t in model.graph.initializer if not external_data.stays_inline(t)]
+    assert len(session.lent_initializers) == len(lent) > 0
+    assert handed[0] < model.ByteSize() - sum(external_data.nbytes(t) for t in lent) + 100 * len(lent)
+    reference = onnxruntime.InferenceSession(model.SerializeToString(), providers=sessions.CPU)
+    feeds = {i.name: np.ones([2, 7], np.int64) for i in reference.get_inputs()}
+    for mine, theirs in zip(session.run(None, feeds), reference.run(None, feeds), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
