@@ -322,6 +322,8 @@ def _removal(
             order[ids[dropped]] = len(blocks) - len(ids) + np.arange(surplus)
             alive[ids[dropped]] = False
             removed_loss[ids[dropped]] = loss[dropped]
+        if step == rounds:  # the precisions of what is left are not read again
+            break
         keep = np.isin(dims, np.concatenate([blocks[b] for b in np.flatnonzero(alive)]))
         precisions = [[_remove(p, keep) for p in pair] for pair in precisions]
         dims = dims[keep]
