@@ -1,12 +1,13 @@
 """ONNX Runtime sessions over a model held in memory, at any size, with chosen inner tensors exposed as outputs.
 
-A small model held in memory is handed to ONNX Runtime serialized. A model whose weights are over `SERIALIZED_LIMIT`,
-or whose weights stay in files (`graph_passes.external_data`), is handed over as its graph alone: every large tensor an
-external reference, spelled relative to one folder that holds all the files, which ONNX Runtime is told
+A model held in memory, with up to `LENT_LIMIT` bytes of weights, is handed to ONNX Runtime as its graph, and its
+large tensors are lent (`_lent`): ONNX Runtime computes with numpy's buffers, neither parsing nor copying them. A model
+with more, or whose weights stay in files (`graph_passes.external_data`), is handed over as its graph alone: every
+large tensor an external reference, spelled relative to one folder that holds all the files, which ONNX Runtime is told
 (`EXTERNAL_FOLDER`). The model's own data files are read where they lie, memory-mapped by ONNX Runtime, never copied;
 only large tensors held in memory (refit weights) are written, to a data file in a temporary folder that is removed
-once the session is built, also on error and Ctrl-C. ONNX Runtime holds about twice the bytes of a serialized model
-while it builds the session, and protobuf cannot serialize past 2 GB at all. Such sessions run without the CPU
+once the session is built, also on error and Ctrl-C: a lent tensor is a copy of the protobuf's bytes, held for the
+session's lifetime, where ONNX Runtime unmaps a file's weight once it has packed it. Such sessions run without the CPU
 memory arena, which would otherwise keep the largest batch's activations for the session's lifetime. Prepacking
 stays on: ONNX Runtime unmaps a weight once it has packed it (measured: 0.5 GB of MatMul weights, 0.5 GB resident
 either way), and without it MLAS computes in another order (minilm-sst2's fidelity moved in the sixth digit).
@@ -40,7 +41,7 @@ from graph_passes.external_data import (
 )
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # larger than this (with headroom) cannot be one serialized protobuf
-SERIALIZED_LIMIT = 2**26  # models with more bytes of weights are handed over as a graph with external data (64 MiB)
+LENT_LIMIT = 2**28  # models with more bytes of weights are handed over as a graph with external data (256 MiB)
 DATA_FILE = "model.onnx.data"
 EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 CPU = ["CPUExecutionProvider"]
@@ -112,7 +113,7 @@ def cpu_session(
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if weight_bytes(model) <= SERIALIZED_LIMIT and not has_external_data(model):
+    if weight_bytes(model) <= LENT_LIMIT and not has_external_data(model):
         graph, names, values = _lent(model, outputs)
         options.add_external_initializers(names, values)
         session = session_class(graph.SerializeToString(), options, providers=CPU)

@@ -1,4 +1,4 @@
-"""Sessions at any size: a model over the serialized limit is opened from a temporary folder with external data.
+"""Sessions at any size: a model over the lent limit is opened from a temporary folder with external data.
 The limits are lowered to zero here so that every session of a whole `compress` run takes that road on a tiny model."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_a_whole_compress_run_through_files_gives_the_same_model(tiny_folder, mo
     source = load_model(tiny_folder / "model.onnx")
     options = {"keep": 0.5, "samples": 48, "tokenizer": tiny_folder}
     in_memory = compress(source, tiny_folder / "calib.tsv", **options)
-    monkeypatch.setattr(sessions, "SERIALIZED_LIMIT", 0)
+    monkeypatch.setattr(sessions, "LENT_LIMIT", 0)
     monkeypatch.setattr(sessions, "PROTOBUF_LIMIT", 0)
     through_files = compress(source, tiny_folder / "calib.tsv", **options)
     assert not _leftovers()
@@ -65,7 +65,7 @@ def test_the_temporary_folder_goes_also_when_the_session_fails(tiny_folder, monk
     """A model held in memory and handed to ONNX Runtime through files, whose session creation is interrupted (Ctrl-C
     while ONNX Runtime reads it), leaves no folder behind; the data file held every large tensor at an aligned
     offset, and the model itself is not changed."""
-    monkeypatch.setattr(sessions, "SERIALIZED_LIMIT", 0)
+    monkeypatch.setattr(sessions, "LENT_LIMIT", 0)
     model = load_model(tiny_folder / "model.onnx")
     with sessions.referenced(model) as (graph, folder):
         assert (folder / sessions.DATA_FILE).is_file() and folder.parent == private_temp
