@@ -11,7 +11,8 @@ onnxruntime_genai too, bench/genai_speed.py), and rewrite the page from the othe
 sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
 encoders from 0.04 to 2.9 GB (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
 architecture sweep (bench/architecture_table.py); `--only frontier` the encoder frontier, keep 0.3 and 0.2 and the
-hidden stream (bench/frontier.py). Any model folder (model.onnx plus tokenizer) and any
+hidden stream (bench/frontier.py); `--only accuracy` the accuracy tables (every method, granularity and recovery
+setting at keep 0.8 to 0.2, three calibration draws; bench/accuracy_tables.py). Any model folder (model.onnx plus tokenizer) and any
 labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
 measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
 magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
@@ -76,7 +77,8 @@ def build_variants(
         {"family": family, "keep": None, "path": path, "accuracy": _accuracy(path, model_dir, data)}
         for family, path in (("original", original), ("original, ORT-fused", fused), ("int8 alone", int8))
     ]
-    found = {(r["method"], r["keep"]): r for r in rows if (r["granularity"], r["recovery"]) == ("heads,ffn", "on")}
+    first = ("heads,ffn", "on", accuracy_tables.SEEDS[0])
+    found = {(r["method"], r["keep"]): r for r in rows if (r["granularity"], r["recovery"], r["seed"]) == first}
     for keep in KEEPS:
         for method in METHODS:
             path = saved / saved_name(f"compress-{method}", keep)
@@ -305,7 +307,7 @@ def main() -> None:
     parser.add_argument("--wikitext", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.valid.raw")
     parser.add_argument(
         "--only",
-        choices=["edge", "decoder", "decoder-speed", "int4", "size", "architectures", "frontier"],
+        choices=["edge", "decoder", "decoder-speed", "int4", "size", "architectures", "frontier", "accuracy"],
         help="remeasure one section, keep the stored rows of the others",
     )
     args = parser.parse_args()
@@ -329,6 +331,11 @@ def main() -> None:
         found["architectures"] = architecture_rows()
     if args.only in (None, "frontier"):
         found["frontier"] = frontier_rows(args.model, args.calib, args.data, args.samples)
+    if args.only == "accuracy":  # measured with every other section of the first group otherwise (`measure_all`)
+        with tempfile.TemporaryDirectory(prefix="mi-accuracy-") as folder:
+            found["rows"] = accuracy_tables.accuracy_table(
+                args.model, args.calib, args.data, args.samples, Path(folder)
+            )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(found, indent=1) + "\n")
     args.out.write_text(render(args, found["machine"], found))

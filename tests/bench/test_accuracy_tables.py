@@ -1,10 +1,11 @@
-"""The onnxsim comparison of BENCHMARKS.md: per-draw results, their means, and the peer's failures kept visible."""
+"""The accuracy tables of BENCHMARKS.md: means over the calibration draws, and the onnxsim comparison's per-draw
+results, their means, and the peer's failures kept visible."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.accuracy_tables import _peer_table, peer_means
+from bench.accuracy_tables import _peer_table, _table, peer_means
 
 
 def _run(seed: int, onnxsim: float, compress: float) -> dict:
@@ -30,3 +31,21 @@ def test_comparison_is_the_mean_over_the_draws_where_onnxsim_ran():
         "| 0.4 | 0.396 | 0.8600 / 0.8500 | 0.8400 / 0.8700 | onnxsim failed: boom | 0.8500 | 0.8600 | 1 of 2 |" in table
     )
     assert "| 0.8 | - |" in table  # a keep without runs is shown as missing, not dropped
+
+
+def test_an_accuracy_cell_is_the_mean_of_its_draws_and_a_budget_miss_shows_as_not_applicable():
+    def row(method: str, seed: int, accuracy: float | None) -> dict:
+        return {
+            "granularity": "ffn",
+            "recovery": "on",
+            "keep": 0.3,
+            "method": method,
+            "seed": seed,
+            "accuracy": accuracy,
+        }
+
+    rows = [row("mi", seed, value) for seed, value in enumerate((0.86, 0.87, 0.88))]
+    rows += [row("magnitude", 0, 0.80), row("magnitude", 1, None)]
+    table = "\n".join(_table(rows, "ffn", "on"))
+    assert "| 0.3 | **0.8700** | n/a | n/a | n/a |" in table
+    assert "| 0.2 | n/a | n/a | n/a | n/a |" in table
