@@ -116,3 +116,15 @@ def test_a_model_in_memory_lends_its_weights_and_computes_the_same(tiny_folder):
     feeds = {i.name: np.ones([2, 7], np.int64) for i in reference.get_inputs()}
     for mine, theirs in zip(session.run(None, feeds), reference.run(None, feeds), strict=True):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_large_tensor_that_nothing_reads_is_not_lent(tiny_folder):
+    """ONNX Runtime drops initializers that no node reads before it takes the lent ones, and would then refuse a lent
+    one it cannot find (a dequantized int4 model keeps its packed weights so)."""
+    model = load_model(tiny_folder / "model.onnx")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "nobody.reads"))
+    session = sessions.cpu_session(model)
+    lent = [t for t in model.graph.initializer if not external_data.stays_inline(t)]
+    assert len(session.lent_initializers) == len(lent) - 1
+    feeds = {i.name: np.ones([1, 5], np.int64) for i in session.get_inputs()}
+    assert np.isfinite(session.run(None, feeds)[0]).all()
