@@ -6,11 +6,12 @@ with more, or whose weights stay in files (`graph_passes.external_data`), is han
 large tensor an external reference, spelled relative to one folder that holds all the files, which ONNX Runtime is told
 (`EXTERNAL_FOLDER`). The model's own data files are read where they lie, memory-mapped by ONNX Runtime, never copied;
 only large tensors held in memory (refit weights) are written, to a data file in a temporary folder that is removed
-once the session is built, also on error and Ctrl-C: a lent tensor is a copy of the protobuf's bytes, held for the
-session's lifetime, where ONNX Runtime unmaps a file's weight once it has packed it. Such sessions run without the CPU
-memory arena, which would otherwise keep the largest batch's activations for the session's lifetime. Prepacking
-stays on: ONNX Runtime unmaps a weight once it has packed it (measured: 0.5 GB of MatMul weights, 0.5 GB resident
-either way), and without it MLAS computes in another order (minilm-sst2's fidelity moved in the sixth digit).
+once the session is built, also on error and Ctrl-C. Larger models are not lent their tensors: each lent tensor is a
+copy of the protobuf's bytes, held for the session's lifetime, where ONNX Runtime unmaps a file's weight once it has
+packed it. Sessions through files run without the CPU memory arena, which would otherwise keep the largest batch's
+activations for the session's lifetime. Prepacking stays on: ONNX Runtime unmaps a weight once it has packed it
+(measured: 0.5 GB of MatMul weights, 0.5 GB resident either way), and without it MLAS computes in another order
+(minilm-sst2's fidelity moved in the sixth digit).
 """
 
 from __future__ import annotations
