@@ -7,18 +7,17 @@
 `--only edge` remeasures the edge-latency section alone (bench/edge_latency.py), `--only decoder` the decoder
 perplexity section (bench/decoder_tables.py, stories260k from ../shared), `--only decoder-speed` the speed of a
 150M random-weight Llama before and after compress (bench/decoder_speed.py; built by the GenAI builder and run by
-onnxruntime_genai too, bench/genai_speed.py), and rewrite the page from the other
-sections' stored rows (bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped
-encoders from 0.04 to 2.9 GB (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the
-architecture sweep (bench/architecture_table.py); `--only frontier` the encoder frontier, keep 0.3 and 0.2 and the
-hidden stream (bench/frontier.py); `--only accuracy` the accuracy tables (every method, granularity and recovery
-setting at keep 0.8 to 0.2, three calibration draws; bench/accuracy_tables.py). Any model folder (model.onnx plus tokenizer) and any
-labelled file work the same way. At keep 0.8 / 0.6 / 0.4 it
-measures: `compress` with every method (and with every granularity and recovery setting, for accuracy), unstructured
-magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX Runtime dynamic
-int8 (per channel) alone and after `compress`. Speed: `compress bench`'s interleaved timing, CPU, sequence 128,
-batch 1 and 32, every variant of one keep timed in the same rounds as the original. Writes the page, two PNG figures
-and the raw rows (bench/results/).
+onnxruntime_genai too, bench/genai_speed.py), and rewrite the page from the other sections' stored rows
+(bench/results/compare.json). `--only size` measures time and memory of compress on BERT-shaped encoders from 0.04
+to 2.9 GB (bench/size.py). `--only architectures` runs compress and onnxsim on every model type of the architecture
+sweep (bench/architecture_table.py); `--only frontier` the encoder frontier, keep 0.3 and 0.2 and the hidden stream
+(bench/frontier.py); `--only accuracy` the accuracy tables (bench/accuracy_tables.py). Any model folder (model.onnx
+plus tokenizer) and any labelled file work the same way. It measures: `compress` with every method at keep 0.8 to
+0.2 on three calibration draws, with every granularity and recovery setting (accuracy); at keep 0.8 / 0.6 / 0.4,
+unstructured magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's structured pruning, ONNX
+Runtime dynamic int8 (per channel) alone and after `compress`. Speed: `compress bench`'s interleaved timing, CPU,
+sequence 128, batch 1 and 32, every variant of one keep timed in the same rounds as the original. Writes the page,
+two PNG figures and the raw rows (bench/results/).
 """
 
 from __future__ import annotations
