@@ -23,7 +23,6 @@ RIDGE = 1e-3  # relative to the mean variance: keeps every solve well conditione
 ROUNDS = 8  # elimination rounds per layer (4 measured worse at keep 0.4 on minilm-sst2)
 ALLOCATIONS = ("global", "uniform")
 SCHUR_ROWS = 512  # rows of a removal's update computed at a time (`_remove`)
-INVERSE_LEAF = 256  # `spd_inverse` inverts blocks up to this size directly
 
 
 def _ridge(cov: np.ndarray, in_place: bool = False) -> np.ndarray:
@@ -31,25 +30,6 @@ def _ridge(cov: np.ndarray, in_place: bool = False) -> np.ndarray:
     scale = max(float(np.mean(np.diag(cov))), 1e-12)
     result = cov if in_place else cov.copy()
     result[np.diag_indices_from(result)] += RIDGE * scale
-    return result
-
-
-def spd_inverse(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of a symmetric positive definite matrix by its 2 x 2 blocks, [[A, B], [Bᵀ, D]]: A⁻¹, then the
-    Schur complement's S⁻¹, S = D - Bᵀ A⁻¹ B, each inverted the same way, and the rest by matrix products. On 2 cores
-    it inverts a 1,536-wide covariance in a third of `np.linalg.inv`'s time (48 against 141 ms), which factors it
-    as a general matrix."""
-    size = len(matrix)
-    if size <= INVERSE_LEAF:
-        return np.linalg.inv(matrix)
-    half = size // 2
-    first = spd_inverse(matrix[:half, :half])
-    solved = first @ matrix[:half, half:]  # A⁻¹ B
-    result = np.empty_like(matrix)
-    result[half:, half:] = spd_inverse(matrix[half:, half:] - matrix[half:, :half] @ solved)
-    result[:half, half:] = -solved @ result[half:, half:]
-    result[half:, :half] = result[:half, half:].T
-    result[:half, :half] = first - result[:half, half:] @ solved.T
     return result
 
 
@@ -228,7 +208,7 @@ class InformationLoss:
 
     def inverted(self) -> list[np.ndarray]:
         """The state that elimination starts from and carries through removals (`_remove`): the precisions."""
-        return [spd_inverse(self.marginal), spd_inverse(self.conditional)]
+        return [np.linalg.inv(self.marginal), np.linalg.inv(self.conditional)]
 
     def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
         marginal, conditional = (_block_logdets(p, widths) for p in precisions)
@@ -243,7 +223,7 @@ class ReadLoss:
     gram: np.ndarray
 
     def inverted(self) -> list[np.ndarray]:
-        return [spd_inverse(self.covariance)]
+        return [np.linalg.inv(self.covariance)]
 
     def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:
         result = np.empty(len(widths))
@@ -268,7 +248,7 @@ class RefitLoss:
         """[Σ_U⁻¹ | A]: the refit's weights ride along as columns of the precision, so that each removal updates
         them as it updates the precision (`_remove`), instead of a product of the precision with every target column
         each round (on TinyLlama's shape: 8 rounds of up to 5,632 x 5,632 x 2,048 multiply-adds per FFN)."""
-        precision = spd_inverse(self.covariance)
+        precision = np.linalg.inv(self.covariance)
         return [np.hstack([precision, precision @ self.cross])]
 
     def losses(self, precisions: list[np.ndarray], widths: np.ndarray, dims: np.ndarray) -> np.ndarray:

@@ -200,17 +200,3 @@ def test_refit_selection_keeps_one_of_two_copies_and_the_unit_the_target_needs()
     target = (a + b)[:, None]
     kept = refit_selection(np.cov(units.T), units.T @ target / len(units), [np.array([i]) for i in range(4)], 2)
     assert kept[2] and kept[:2].sum() == 1 and not kept[3]
-
-
-def test_the_blockwise_inverse_of_a_covariance_is_its_inverse_and_symmetric():
-    """Above `INVERSE_LEAF` the inverse is built from blocks (an odd size splits unevenly); it inverts the matrix as
-    well as a general solver does."""
-    rows = np.random.default_rng(0).normal(size=(2000, 601)) * np.linspace(0.01, 3, 601)
-    covariance = scoring._ridge(rows.T @ rows / len(rows))
-    inverse = scoring.spd_inverse(covariance)
-    identity = np.eye(len(covariance))
-    assert np.abs(inverse @ covariance - identity).max() < 1e-10
-    assert (
-        np.abs(inverse @ covariance - identity).max()
-        < 10 * np.abs(np.linalg.inv(covariance) @ covariance - identity).max()
-    )
