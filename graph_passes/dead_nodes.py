@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx
 
-from graph_passes.model_io import drop_initializers, subgraph_inputs
+from graph_passes.model_io import drop_unread_initializers, subgraph_inputs
 
 
 def drop_dead_nodes(model: onnx.ModelProto) -> int:
@@ -33,7 +33,7 @@ def drop_dead_nodes(model: onnx.ModelProto) -> int:
         kept = [node for index, node in enumerate(graph.node) if index in needed]
         del graph.node[:]
         graph.node.extend(kept)
-        _drop_unread_initializers(graph)
+        drop_unread_initializers(graph)
     return dropped
 
 
@@ -44,9 +44,3 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
     wrapper = onnx.GraphProto()
     wrapper.node.append(node)
     return subgraph_inputs(wrapper)
-
-
-def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
-    read = {name for node in graph.node for name in node.input} | subgraph_inputs(graph)
-    read |= {v.name for v in list(graph.input) + list(graph.output)}
-    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in read})

@@ -231,6 +231,19 @@ def share_equal_initializers(model: onnx.ModelProto, max_rank: int | None = None
     drop_initializers(model.graph, set(rename))
 
 
+def tensors_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the graph reads: its nodes' inputs, those of nodes in its subgraphs, and its outputs."""
+    return (
+        {name for node in graph.node for name in node.input} | subgraph_inputs(graph) | {v.name for v in graph.output}
+    )
+
+
+def drop_unread_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers that nothing reads (`tensors_read`) and that are not graph inputs either."""
+    read = tensors_read(graph) | {value.name for value in graph.input}
+    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in read})
+
+
 def drop_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
     """Remove the named initializers, in place and by position: the others are not copied (clearing the list and
     adding back the kept ones copies every weight, 0.04 s per 90 MB each time)."""

@@ -40,7 +40,7 @@ from graph_passes.external_data import (
     tensor_array,
     weight_bytes,
 )
-from graph_passes.model_io import subgraph_inputs
+from graph_passes.model_io import tensors_read
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # larger than this (with headroom) cannot be one serialized protobuf
 LENT_LIMIT = 2**28  # models with more bytes of weights are handed over as a graph with external data (256 MiB)
@@ -134,8 +134,7 @@ def _lent(model: onnx.ModelProto, outputs: Sequence[str]) -> tuple[onnx.ModelPro
     serialized model, 0.13 s so). A tensor that nothing reads stays in the model: ONNX Runtime drops such tensors
     before it takes the lent ones, and then refuses a lent tensor it no longer finds."""
     graph = _with_outputs(model, outputs, initializers=False)
-    read = {name for node in model.graph.node for name in node.input} | subgraph_inputs(model.graph)
-    read |= {value.name for value in graph.graph.output}
+    read = tensors_read(graph.graph)
     names, values = [], []
     for tensor in model.graph.initializer:
         if stays_inline(tensor) or tensor.data_type not in LENDABLE or tensor.name not in read:

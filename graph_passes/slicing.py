@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from graph_passes.channel_groups import WITHIN, ChannelGroup, GraphAnalysis
 from graph_passes.errors import MaskError, UnsupportedGraphError
 from graph_passes.external_data import DataFile, replacement, tensor_array
-from graph_passes.model_io import drop_initializers, share_equal_initializers, subgraph_inputs
+from graph_passes.model_io import drop_unread_initializers, share_equal_initializers
 
 
 def apply_masks(
@@ -39,7 +39,7 @@ def apply_masks(
         _slice_quantized_blocks(model, analysis, plan)
         _resize_interface(model, analysis, plan)
     del model.graph.value_info[:]
-    _drop_unused_initializers(model)
+    drop_unread_initializers(model.graph)
     share_equal_initializers(model, max_rank=1)  # a matrix keeps its name: recovery refits it by name
     return model
 
@@ -392,9 +392,3 @@ def _resize_interface(model: onnx.ModelProto, analysis: GraphAnalysis, plan: dic
         for axis, kept in _axis_plan(analysis, plan, value.name, len(dims)).items():
             if dims[axis].HasField("dim_value"):
                 dims[axis].dim_value = len(kept)
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input} | subgraph_inputs(model.graph)
-    used.update(v.name for v in list(model.graph.output) + list(model.graph.input))
-    drop_initializers(model.graph, {t.name for t in model.graph.initializer if t.name not in used})
