@@ -200,3 +200,26 @@ def test_refit_selection_keeps_one_of_two_copies_and_the_unit_the_target_needs()
     target = (a + b)[:, None]
     kept = refit_selection(np.cov(units.T), units.T @ target / len(units), [np.array([i]) for i in range(4)], 2)
     assert kept[2] and kept[:2].sum() == 1 and not kept[3]
+
+
+def test_precisions_of_a_covariance_from_fewer_rows_than_units_stay_exact_through_removals():
+    """A wide layer calibrated on few tokens (768 rectified units from 150 rows, condition 2e4 after the ridge): the
+    precision each system starts from inverts its covariance, and a removal's Schur step leaves the inverse of the
+    kept units' covariance. Blockwise inverses by explicit Schur complements lost the small eigenvalues here
+    (residual 0.5)."""
+    rng = np.random.default_rng(0)
+    mixed = (rng.standard_normal((150, 768)) * np.logspace(0, -3, 768)) @ np.linalg.qr(rng.standard_normal((768,) * 2))[
+        0
+    ]
+    units = np.maximum(mixed, 0) + 0.1 * mixed
+    covariance = _ridge(np.cov(units.T))
+    cross = units.T @ rng.standard_normal((150, 4)) / 150
+    systems = [RefitLoss(covariance, cross), ReadLoss(covariance, np.eye(768)), InformationLoss(covariance, covariance)]
+    for system in systems:
+        precision = system.inverted()[0][:, :768]
+        assert np.abs(covariance @ precision - np.eye(768)).max() < 1e-8
+    keep = rng.random(768) < 0.6
+    rest = _remove(systems[0].inverted()[0], keep)
+    kept = covariance[np.ix_(keep, keep)]
+    assert np.abs(kept @ rest[:, : keep.sum()] - np.eye(keep.sum())).max() < 1e-8
+    assert np.allclose(rest[:, keep.sum() :], np.linalg.solve(kept, cross[keep]), rtol=1e-6, atol=1e-9)
