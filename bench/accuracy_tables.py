@@ -55,6 +55,18 @@ def accuracy_table(model: Path, calib: Path, data: Path, samples: int, saved: Pa
     return rows
 
 
+def speed_models(model: Path, calib: Path, data: Path, samples: int, saved: Path) -> list[dict]:
+    """The accuracy rows of the models that the speed comparison times (default granularity, recovery on, first
+    draw, at KEEPS), measured again with the models written to `saved` (compress-METHOD-keepK.onnx)."""
+    rows = []
+    for keep in KEEPS:
+        for method in METHODS:
+            run = (DEFAULT_GRANULARITY, keep, method, "on", SEEDS[0])
+            rows.append(_one(model, calib, data, samples, run, saved / saved_name(f"compress-{method}", keep)))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def _one(
     model: Path, calib: Path, data: Path, samples: int, run: tuple[str, float, str, str, int], target: Path | None
 ) -> dict:
