@@ -246,9 +246,11 @@ ACCURACY_NOTES = (
 
 COST_NOTES = (
     "`/usr/bin/time -v` of one `compress` process per row, minilm-sst2 and SST-2 train; stages from its report; rows "
-    "measured on 698fff4 (2026-12-07, load average 1.0 at the start, nothing else running). Issue 14's 15 s at 512 "
-    "samples is met: 13.8 s; so is its flat memory (0.79 GB at 512 samples, 0.92 GB at 5,000). What took the last "
-    "second off: onnx imports `ml_dtypes` with every command, and its 0.7.0 takes 0.37 s to load its extension "
+    "measured by `bench.compare --only speed` on 61b36bc (2026-12-07, nothing else running; the product's code is "
+    "698fff4's). Issue 14's 15 s at 512 samples is met: 14.3 s (13.8 s in a run of 698fff4 an hour earlier, 14.36 / "
+    "13.85 / 13.87 s in three runs after this one); "
+    "so is its flat memory (0.79 GB at 512 samples, 0.91 GB at 5,000). What took the last second off: onnx imports "
+    "`ml_dtypes` with every command, and its 0.7.0 takes 0.37 s to load its extension "
     "(0.6.0: 3 ms), so the project pins it below 0.7 (three interleaved pairs at 512 samples, 0.7.0 against 0.6.0: "
     "14.06 / 14.02 / 14.25 against 13.84 / 13.71 / 13.93 s, the output byte-identical). Before it, c35767a took "
     "15.4 s (load average 1.3), after these changes, each with the output bit-identical on minilm-sst2 and "
