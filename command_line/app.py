@@ -197,7 +197,7 @@ def run(
         ),
     ] = None,
     optimize: Annotated[
-        bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is not slower")
+        bool, typer.Option("--optimize", help="fuse with ONNX Runtime's transformer optimizer when it is faster")
     ] = False,
     quantize: Annotated[
         str | None,

@@ -7,12 +7,16 @@ residual sums into SkipLayerNormalization, and writes those sums as `Sum` so tha
 when the session starts (`graph_passes.residual_sums`): on CPU that kernel is slower than the Add and
 LayerNormalization it replaces. With it, minilm-sst2 compressed to keep 0.4 in ORT's fused form won at batch 1
 (2.54x the original against 2.09x unfused) but lost at batch 32 (2.20x against 2.48x). The fused model is kept only
-if it passes validation, gives the same outputs as the unfused one on calibration inputs, and is not slower on them
-(CPU, interleaved timing) at batch 1 nor at the calibration batch size: a deployment runs one of them, or in between.
+if it passes validation, gives the same outputs as the unfused one on calibration inputs, and is faster on them (CPU,
+interleaved timing) on the geometric mean of its speed ratios at batch 1 and at the calibration batch size, and no
+more than `SLOWER_LIMIT` slower at either: a deployment runs one of them, or in between. A strict "not slower at
+either" let a tie be decided by noise: on minilm-sst2 at keep 0.4 (global allocation) the fused model was 22% faster
+at batch 1 and 4% slower at batch 32 on calibration inputs, 3% faster at batch 32 at sequence 128, and was refused.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +34,8 @@ from graph_passes.sessions import cpu_session
 from user_errors import first_line
 
 TOLERANCE = 1e-3  # largest output difference, relative to the largest output magnitude
-WARMUP, RUNS = 2, 10
+WARMUP, RUNS = 2, 20
+SLOWER_LIMIT = 0.05  # the most the fused model may lose at one batch size: a 20-run median moves by several percent
 
 
 def fuse(model: onnx.ModelProto, skip_layer_norm: bool = True) -> onnx.ModelProto:
@@ -58,8 +63,8 @@ def optimize(
     batch_size: int,
     deployed: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """(the model to ship, what was measured): the fused model when it agrees with `model` and is not slower at
-    batch 1 nor at `batch_size`. `deployed`: what follows (quantization), applied to both before they are timed:
+    """(the model to ship, what was measured): the fused model when it agrees with `model` and is faster at batch 1
+    and at `batch_size` together, without losing more than `SLOWER_LIMIT` at either. `deployed`: what follows (quantization), applied to both before they are timed:
     the forms that ship are compared (on minilm-sst2 at keep 0.4, batch 32: the fused float model 2% slower than the
     unfused one at sequence 51, its int8 form 1-12% faster at sequence 128 in two runs, with QAttention)."""
     fused = fuse(model, skip_layer_norm=False)
@@ -84,11 +89,16 @@ def optimize(
     report["p50_ms"] = _latency(runs, feeds, batch_size)
     if batch_size > 1:
         report["p50_ms_batch_1"] = _latency(runs, next(data.batches(order[-1:], 1)), 1)
-    slower = [batch for batch, key in ((1, "p50_ms_batch_1"), (batch_size, "p50_ms")) if _slower(report.get(key))]
+    ratios = {
+        batch: _ratio(report[key]) for batch, key in ((1, "p50_ms_batch_1"), (batch_size, "p50_ms")) if key in report
+    }
+    slower = [batch for batch, ratio in ratios.items() if ratio < 1 / (1 + SLOWER_LIMIT)]
     if slower:
-        where = " and ".join(f"batch {batch}" for batch in sorted(set(slower)))
+        where = " and ".join(f"batch {batch}" for batch in sorted(slower))
         return model, {**report, "reason": f"the fused model is slower at {where} on calibration inputs (CPU)"}
-    return fused, {**report, "applied": True, "reason": "validated, same outputs, not slower"}
+    if math.prod(ratios.values()) <= 1:
+        return model, {**report, "reason": "the fused model is not faster on calibration inputs (CPU)"}
+    return fused, {**report, "applied": True, "reason": "validated, same outputs, faster"}
 
 
 def _latency(runs: list[ort.InferenceSession], feeds: dict[str, np.ndarray], batch: int) -> dict[str, float]:
@@ -98,8 +108,9 @@ def _latency(runs: list[ort.InferenceSession], feeds: dict[str, np.ndarray], bat
     return {"unfused": latency[0], "fused": latency[1]}
 
 
-def _slower(latency: dict[str, float] | None) -> bool:
-    return latency is not None and latency["fused"] > latency["unfused"]
+def _ratio(latency: dict[str, float]) -> float:
+    """How many times faster the fused model ran."""
+    return latency["unfused"] / max(latency["fused"], 1e-9)
 
 
 _FUSED_OPS = {

@@ -98,14 +98,14 @@ def compress(
     `calibration` is a file (.tsv/.csv/.jsonl/.npz), a list of texts, a dict of input arrays, or None for a synthetic
     fallback (with a warning). The tokenizer defaults to the model's folder. With `recover`, the projections that read
     pruned units are refit by least squares on the calibration activations (`compressor.recovery`), fed with the
-    original model's activations (`refit_inputs="original"`, the default for encoders), the pruned model's
-    (`"pruned"`), or the pruned model's against the original stream after each residual add (`"stream"`, the default
-    for decoders: each refit also makes up for the error of the layers below); with the hidden stream pruned, its
-    readers (Q, K, V, FFN up, a pooler) are refit too, and the stream keeps `budget.stream_share(keep)` of its
-    channels (0.9 at keep 0.4), the heads and neurons taking the rest. `allocation="global"` (the default for
-    `method="mi"` on an encoder whose hidden stream stays whole) lets layers keep different numbers of heads and
-    neurons, chosen by their losses (`scoring.mi_masks`); `"uniform"` keeps the same share in every layer. `optimize` then applies ONNX
-    Runtime's transformer fusion when the fused model agrees and is not slower (`compressor.optimization`), and
+    original model's activations (`refit_inputs="original"`), the pruned model's (`"pruned"`), or the pruned model's
+    against the original stream after each residual add (`"stream"`: each refit also makes up for the error of the
+    layers below); the default is `default_refit_inputs`. With the hidden stream pruned, its readers (Q, K, V, FFN
+    up, a pooler) are refit too, and the stream keeps `budget.stream_share(keep)` of its channels (0.9 at keep 0.4),
+    the heads and neurons taking the rest. `allocation="global"` (the default for `method="mi"` on an encoder whose
+    hidden stream stays whole) lets layers keep different numbers of heads and neurons, chosen by their losses
+    (`scoring.mi_masks`); `"uniform"` keeps the same share in every layer. `optimize` then applies ONNX
+    Runtime's transformer fusion when the fused model agrees and is faster (`compressor.optimization`), and
     `quantize="int8"` quantizes the result (ONNX Runtime dynamic int8, per channel), `quantize="int4"` to MatMulNBits
     (`compressor.quantization`); the report gives the fidelity of the float and of the quantized model. `seed`
     draws the calibration rows from a file that has more than `samples` (and the synthetic fallback's), splits off

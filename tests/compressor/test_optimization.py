@@ -1,5 +1,6 @@
 """`compress --optimize`: ONNX Runtime's fusion on pruned graphs whose layers keep different head counts, its residual
-sums kept out of SkipLayerNormalization, shipped only when not slower at batch 1 nor at the calibration batch."""
+sums kept out of SkipLayerNormalization, shipped only when faster at batch 1 and the calibration batch together, and
+not much slower at either."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_the_cpu_fusion_keeps_skip_layer_norm_out_of_the_session_too(export_cach
     assert "SkipLayerNormalization" not in ops and {"Attention", "LayerNormalization", "Sum"} <= ops
 
 
-def test_optimize_ships_the_fused_model_only_when_it_is_not_slower(export_cache):
+def test_optimize_ships_the_fused_model_only_when_it_is_faster(export_cache):
     _, path = export_cache("bert", "classifier", "optimum-opset17")
     data = tiny_models.sample_inputs("bert", 64, 12, seed=3)
     result = compress(path, data, keep=0.5, optimize=True)
@@ -55,7 +56,9 @@ def test_optimize_ships_the_fused_model_only_when_it_is_not_slower(export_cache)
     assert "SkipLayerNormalization" not in found["fused_ops"]
     fused = {n.op_type for n in result.model.graph.node} >= {"Attention", "Sum"}
     timings = [found["p50_ms"], found["p50_ms_batch_1"]]
-    assert found["applied"] == all(t["fused"] <= t["unfused"] for t in timings) == fused
+    ratios = [t["unfused"] / t["fused"] for t in timings]
+    faster = min(ratios) >= 1 / (1 + optimization.SLOWER_LIMIT) and ratios[0] * ratios[1] > 1
+    assert found["applied"] == faster == fused
     plain = compress(path, data, keep=0.5)
     assert plain.report["optimization"] is None
     feeds = next(from_arrays(data, result.model, 8).batches(range(8), 8))
@@ -131,11 +134,20 @@ def test_fused_outputs_that_differ_are_not_shipped(pruned_and_fused, monkeypatch
 
 
 @pytest.mark.parametrize(
-    ("batch_8_ms", "batch_1_ms", "slower_at"),
-    [(2.5, 0.5, "batch 8"), (2.0, 1.0, ""), (1.5, 0.5, ""), (1.5, 1.2, "batch 1"), (2.5, 1.2, "batch 1 and batch 8")],
+    ("batch_8_ms", "batch_1_ms", "verdict"),
+    [
+        (2.5, 0.5, "slower at batch 8"),
+        (2.0, 1.0, "not faster"),
+        (1.5, 0.5, ""),
+        (1.5, 1.2, "slower at batch 1"),
+        (2.5, 1.2, "slower at batch 1 and batch 8"),
+        (2.08, 0.8, ""),  # 4% slower at batch 8 is within the limit, and 25% faster at batch 1 wins
+        (2.08, 1.0, "not faster"),
+        (2.0, 1.06, "slower at batch 1"),
+    ],
 )
-def test_the_fused_model_is_shipped_only_when_not_slower_at_either_batch(
-    pruned_and_fused, monkeypatch, batch_8_ms, batch_1_ms, slower_at
+def test_the_fused_model_is_shipped_only_when_faster_and_not_much_slower_at_either_batch(
+    pruned_and_fused, monkeypatch, batch_8_ms, batch_1_ms, verdict
 ):
     """Unfused runs take 2.0 ms at batch 8 and 1.0 ms at batch 1."""
     pruned, fused, data = pruned_and_fused
@@ -145,10 +157,10 @@ def test_the_fused_model_is_shipped_only_when_not_slower_at_either_batch(
     assert timed == [8, 1] and report["output_difference"] <= optimization.TOLERANCE
     assert report["p50_ms"] == {"unfused": 2.0, "fused": batch_8_ms}
     assert report["p50_ms_batch_1"] == {"unfused": 1.0, "fused": batch_1_ms}
-    applied = not slower_at
+    applied = not verdict
     assert report["applied"] is applied and shipped is (fused if applied else pruned)
-    slower = f"the fused model is slower at {slower_at} on calibration inputs (CPU)"
-    assert report["reason"] == ("validated, same outputs, not slower" if applied else slower)
+    refused = f"the fused model is {verdict} on calibration inputs (CPU)"
+    assert report["reason"] == ("validated, same outputs, faster" if applied else refused)
 
 
 def test_at_batch_1_the_fused_model_is_timed_once(pruned_and_fused, monkeypatch):
