@@ -18,8 +18,7 @@ every method at keep 0.8 to 0.2 on three calibration draws, with every granulari
 keep 0.8 / 0.6 / 0.4, unstructured magnitude pruning at the same sparsity (zeros in dense tensors), onnxsim's
 structured pruning, ONNX Runtime dynamic int8 (per channel) alone and after `compress`. Speed: `compress bench`'s
 interleaved timing, CPU, sequence 128, batch 1 and 32, every variant of one keep timed in the same rounds as the
-original. Writes the page,
-two PNG figures and the raw rows (bench/results/).
+original. Writes the page, two PNG figures and the raw rows (bench/results/).
 """
 
 from __future__ import annotations

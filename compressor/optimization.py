@@ -64,9 +64,10 @@ def optimize(
     deployed: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """(the model to ship, what was measured): the fused model when it agrees with `model` and is faster at batch 1
-    and at `batch_size` together, without losing more than `SLOWER_LIMIT` at either. `deployed`: what follows (quantization), applied to both before they are timed:
-    the forms that ship are compared (on minilm-sst2 at keep 0.4, batch 32: the fused float model 2% slower than the
-    unfused one at sequence 51, its int8 form 1-12% faster at sequence 128 in two runs, with QAttention)."""
+    and at `batch_size` together, without losing more than `SLOWER_LIMIT` at either. `deployed`: what follows
+    (quantization), applied to both before they are timed: the forms that ship are compared (on minilm-sst2 at keep
+    0.4, batch 32: the fused float model 2% slower than the unfused one at sequence 51, its int8 form 1-12% faster at
+    sequence 128 in two runs, with QAttention)."""
     fused = fuse(model, skip_layer_norm=False)
     fused_ops = {op: n for op, n in Counter(n.op_type for n in fused.graph.node).items() if op in _FUSED_OPS}
     order = data.by_length(range(len(data)))
