@@ -32,6 +32,7 @@ from compressor.quantization import (
     quantize as quantized,
 )
 from graph_passes import GraphAnalysis, analyze, apply_masks, load_model, require_prunable
+from graph_passes.dead_nodes import drop_dead_nodes
 from graph_passes.external_data import DataFile, materialize_in_place, model_bytes
 from graph_passes.flops import matmul_flops_per_token
 from graph_passes.quantized_weights import float_view
@@ -236,6 +237,7 @@ def compress(
             start = timer.stage("flops", start)
     del original, refits_checked
     return_freed_memory()
+    drop_dead_nodes(pruned)  # the shape arithmetic that spelled the pruned sizes: ONNX Runtime would run it
     compressed_session = validate(pruned, data, batch_size)
     start = timer.stage("validate", start)
     fidelity_report = fidelity.compare(checked, compressed_session)
