@@ -30,6 +30,8 @@ DEFAULT_GRANULARITY = "heads,ffn"
 # on: compress's default recovery (stream refits; `mi` chooses the units again); the others as --refit-inputs sets
 RECOVERIES = {"on": None, "original inputs": "original", "pruned inputs": "pruned", "off": None}
 GRANULARITIES = (DEFAULT_GRANULARITY, "ffn", "heads,ffn,hidden")  # heads alone cannot reach keep 0.6
+# granularity, recovery and draw of the models the speed comparison times (at KEEPS)
+SPEED_SETTING = (DEFAULT_GRANULARITY, "on", SEEDS[0])
 
 
 def saved_name(family: str, keep: float) -> str:
@@ -47,7 +49,7 @@ def accuracy_table(model: Path, calib: Path, data: Path, samples: int, saved: Pa
             for keep in ACCURACY_KEEPS:
                 for method in METHODS:
                     for seed in SEEDS:
-                        speed = (granularity, recovery, seed) == (DEFAULT_GRANULARITY, "on", SEEDS[0]) and keep in KEEPS
+                        speed = (granularity, recovery, seed) == SPEED_SETTING and keep in KEEPS
                         target = saved / saved_name(f"compress-{method}", keep) if speed else None
                         run = (granularity, keep, method, recovery, seed)
                         rows.append(_one(model, calib, data, samples, run, target))
@@ -61,7 +63,8 @@ def speed_models(model: Path, calib: Path, data: Path, samples: int, saved: Path
     rows = []
     for keep in KEEPS:
         for method in METHODS:
-            run = (DEFAULT_GRANULARITY, keep, method, "on", SEEDS[0])
+            granularity, recovery, seed = SPEED_SETTING
+            run = (granularity, keep, method, recovery, seed)
             rows.append(_one(model, calib, data, samples, run, saved / saved_name(f"compress-{method}", keep)))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows

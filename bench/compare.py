@@ -77,8 +77,8 @@ def build_variants(
         {"family": family, "keep": None, "path": path, "accuracy": _accuracy(path, model_dir, data)}
         for family, path in (("original", original), ("original, ORT-fused", fused), ("int8 alone", int8))
     ]
-    first = ("heads,ffn", "on", accuracy_tables.SEEDS[0])
-    found = {(r["method"], r["keep"]): r for r in rows if (r["granularity"], r["recovery"], r["seed"]) == first}
+    setting = accuracy_tables.SPEED_SETTING
+    found = {(r["method"], r["keep"]): r for r in rows if (r["granularity"], r["recovery"], r["seed"]) == setting}
     for keep in KEEPS:
         for method in METHODS:
             path = saved / saved_name(f"compress-{method}", keep)
@@ -144,13 +144,14 @@ def flops_table(model_dir: Path, saved: Path, points: list[dict]) -> list[dict]:
     differ in attention FLOPs: each `compress` model's share of its own ideal is taken, and the row's share is their
     median, so that one slow moment cannot decide it. FLOPs, ideal and speedup shown are `mi`'s (the default)."""
     original = matmul_flops_per_token(load_model(model_dir / "model.onnx"), SEQ)
+    point = {(p["family"], p["keep"]): p for p in points}
     found = []
     for keep in KEEPS:
         ideals = {
             method: original / matmul_flops_per_token(load_model(saved / saved_name(f"compress-{method}", keep)), SEQ)
             for method in METHODS
         }
-        speedups = {method: _point(points, f"compress {method}", keep)["speedup_b32"] for method in METHODS}
+        speedups = {method: point[(f"compress {method}", keep)]["speedup_b32"] for method in METHODS}
         shares = [round(speedups[method] / ideals[method], 3) for method in METHODS]
         found.append(
             {
@@ -164,10 +165,6 @@ def flops_table(model_dir: Path, saved: Path, points: list[dict]) -> list[dict]:
             }
         )
     return found
-
-
-def _point(points: list[dict], family: str, keep: float) -> dict:
-    return next(p for p in points if p["family"] == family and p["keep"] == keep)
 
 
 def speed_markdown(points: list[dict], flops: list[dict], runs: int, threads: int) -> list[str]:
